@@ -1,0 +1,237 @@
+//! Builds the running application from a [`Config`]: opens each service's database, migrates
+//! it, picks the bus, starts the outbox relays and consumers, and assembles the router.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use identity::Identity;
+use platform::auth::{Role, TokenVerifier};
+use platform::bus::log::LogBus;
+use platform::bus::nats::{NatsBus, NatsConfig};
+use platform::bus::Bus;
+use platform::clock::{SharedClock, SystemClock};
+use platform::config::{BusKind, Config};
+use platform::consumer::{DeadLetters, EventHandler, IdempotentConsumer};
+use platform::health::HealthChecks;
+use platform::outbox::PLATFORM_MIGRATIONS;
+use platform::ratelimit::{MemoryFailureThrottle, MemoryRateLimiter, ThrottlePolicy};
+use platform::store::{Db, DbOptions};
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+/// A consumer that is not part of a built-in service (a shop's own integration, or a test).
+/// Extension consumers keep their processed ids and dead letters in `extensions.db`.
+#[derive(Clone)]
+pub struct ExtensionConsumer {
+    pub name: String,
+    pub types: Vec<String>,
+    pub handler: Arc<dyn EventHandler>,
+}
+
+/// What differs between a production start and a test start.
+#[derive(Clone)]
+pub struct AppOptions {
+    pub clock: SharedClock,
+    pub extension_consumers: Vec<ExtensionConsumer>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self { clock: Arc::new(SystemClock), extension_consumers: Vec::new() }
+    }
+}
+
+/// The first admin account, when this start created it.
+#[derive(Debug, Clone)]
+pub struct CreatedAdmin {
+    pub email: String,
+    /// Set when the password was generated (and must be shown once).
+    pub generated_password: Option<String>,
+}
+
+/// A running application: its router and the handles to stop it.
+pub struct App {
+    pub config: Config,
+    pub router: Router,
+    pub identity: Arc<Identity>,
+    pub bus: Arc<dyn Bus>,
+    /// The in-process log when the bus is the embedded one.
+    pub log_bus: Option<LogBus>,
+    pub dead_letters: Arc<DeadLetters>,
+    pub created_admin: Option<CreatedAdmin>,
+    cancel: CancellationToken,
+    dbs: Vec<Db>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("dead_letters", &self.dead_letters).finish()
+    }
+}
+
+pub async fn open_db(config: &Config, service: &str) -> anyhow::Result<Db> {
+    let url = config.database_url(service);
+    let options = DbOptions { max_connections: config.database.max_connections, ..DbOptions::default() };
+    Db::connect(&url, &options).await.with_context(|| format!("cannot open the {service} database"))
+}
+
+/// Opens and migrates the identity database.
+pub async fn identity_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, identity::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(identity::SERVICE, identity::store::MIGRATIONS).await?;
+    Ok(db)
+}
+
+pub async fn build_identity(config: &Config, db: Db, clock: SharedClock) -> anyhow::Result<Identity> {
+    let throttle = Arc::new(MemoryFailureThrottle::new(
+        ThrottlePolicy {
+            max_failures: config.login_throttle.max_failures.max(1),
+            base_lockout: Duration::from_secs(config.login_throttle.base_lockout_secs),
+        },
+        clock.clone(),
+    ));
+    let settings = identity::Settings {
+        issuer: config.auth.issuer.clone(),
+        audience: config.auth.audience.clone(),
+        access_ttl: Duration::from_secs(config.auth.access_ttl_secs),
+        refresh_ttl: Duration::from_secs(config.auth.refresh_ttl_secs),
+        reset_ttl: Duration::from_secs(config.identity.password_reset_ttl_secs),
+        verification_ttl: Duration::from_secs(config.identity.email_verification_ttl_secs),
+    };
+    Identity::new(db, clock, throttle, settings).await
+}
+
+/// The OpenAPI document of everything the all-in-one process serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let mut doc = identity::api::IdentityApi::openapi();
+    doc.merge(platform::consumer::DeadLettersApi::openapi());
+    doc.info.title = "Mercato API".to_owned();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.info.description = Some("Mercato's public REST API. Errors are RFC 9457 problem+json.".to_owned());
+    doc.components.get_or_insert_with(Default::default).add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+    );
+    doc
+}
+
+impl App {
+    /// Starts the all-in-one application (without binding a port).
+    pub async fn start(config: Config, options: AppOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        let cancel = CancellationToken::new();
+        let clock = options.clock.clone();
+
+        let (bus, log_bus, mut dbs): (Arc<dyn Bus>, Option<LogBus>, Vec<Db>) = match config.bus.kind {
+            BusKind::Log => {
+                let db = open_db(&config, "bus").await?;
+                let log = LogBus::open(db.clone(), cancel.clone()).await?;
+                (Arc::new(log.clone()), Some(log), vec![db])
+            }
+            BusKind::Nats => {
+                let nats = NatsConfig {
+                    stream: config.bus.nats_stream.clone(),
+                    subject_prefix: config.bus.nats_subject_prefix.clone(),
+                    ..NatsConfig::new(&config.bus.nats_url)
+                };
+                (Arc::new(NatsBus::connect(nats, cancel.clone()).await?), None, Vec::new())
+            }
+        };
+
+        let identity_db = identity_db(&config).await?;
+        dbs.push(identity_db.clone());
+        let identity = Arc::new(build_identity(&config, identity_db.clone(), clock.clone()).await?);
+        identity.outbox().spawn_relay(identity::SERVICE, bus.clone(), cancel.clone());
+        let created_admin = ensure_admin(&config, &identity).await?;
+
+        let mut dead_letters = DeadLetters::default();
+        if !options.extension_consumers.is_empty() {
+            let db = open_db(&config, "extensions").await?;
+            db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+            for extension in &options.extension_consumers {
+                let types: Vec<&str> = extension.types.iter().map(String::as_str).collect();
+                dead_letters.register(IdempotentConsumer::new(extension.name.clone(), db.clone(), extension.handler.clone()), &types);
+            }
+            dbs.push(db);
+        }
+        dead_letters.start(bus.as_ref(), config.retry_policy()).await?;
+        let dead_letters = Arc::new(dead_letters);
+
+        let verifier = Arc::new(TokenVerifier::new(Arc::new(identity.keys().clone()), &config.auth.issuer, &config.auth.audience));
+        let mut checks = HealthChecks::default();
+        for (name, db) in [("identity_db", identity_db.clone())] {
+            checks.add(name, move || {
+                let db = db.clone();
+                async move { db.ping().await.map_err(Into::into) }
+            });
+        }
+        let bus_for_health = bus.clone();
+        checks.add("bus", move || {
+            let bus = bus_for_health.clone();
+            async move { bus.ping().await }
+        });
+
+        let dl_for_metrics = dead_letters.clone();
+        let routes = Router::new()
+            .merge(identity::api::router(identity.clone(), verifier.clone()))
+            .merge(platform::consumer::admin_router(dead_letters.clone()))
+            .merge(checks.router())
+            .route(
+                "/metrics",
+                get(move || {
+                    let dead_letters = dl_for_metrics.clone();
+                    async move {
+                        if let Ok(open) = dead_letters.count().await {
+                            metrics::gauge!("mercato_dead_letters_open").set(open as f64);
+                        }
+                        platform::telemetry::render_metrics()
+                    }
+                }),
+            )
+            .merge(gateway::docs_router(openapi()));
+        let edge = gateway::Edge {
+            http: config.http.clone(),
+            rate_limit: config.rate_limit.clone(),
+            limiter: Arc::new(MemoryRateLimiter::new(clock.clone())),
+            public_routes: identity::api::PUBLIC_ROUTES.iter().map(|r| (*r).to_owned()).collect(),
+            verifier,
+        };
+        let router = edge.wrap(routes);
+        Ok(Self { config, router, identity, bus, log_bus, dead_letters, created_admin, cancel, dbs })
+    }
+
+    /// Stops background work and closes the databases.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        for db in &self.dbs {
+            db.close().await;
+        }
+    }
+}
+
+/// Creates the first admin account when there is none: with `MERCATO_ADMIN_EMAIL` /
+/// `MERCATO_ADMIN_PASSWORD` when set, else `admin@mercato.local` and a generated password.
+async fn ensure_admin(config: &Config, identity: &Identity) -> anyhow::Result<Option<CreatedAdmin>> {
+    if identity::store::admin_exists(identity.db().reader()).await? {
+        return Ok(None);
+    }
+    let email = config.admin_email.clone().unwrap_or_else(|| "admin@mercato.local".to_owned());
+    let (password, generated) = match &config.admin_password {
+        Some(password) => (password.clone(), None),
+        None => {
+            let password = identity::domain::generated_password();
+            (password.clone(), Some(password))
+        }
+    };
+    identity
+        .create_user(&email, "Administrator", &password, Role::Admin, None)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot create the first admin account: {err}"))?;
+    Ok(Some(CreatedAdmin { email, generated_password: generated }))
+}

@@ -1,0 +1,6 @@
+//! Composes Mercato's services into one process: the all-in-one application (every service
+//! behind the gateway edge, embedded backends by default) or a single service.
+
+pub mod app;
+
+pub use app::{App, AppOptions};

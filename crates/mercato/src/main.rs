@@ -1,0 +1,184 @@
+//! The `mercato` command: run the whole shop, one service, migrations, or admin tasks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mercato::app::{self, App, AppOptions};
+use platform::auth::Role;
+use platform::clock::SystemClock;
+use platform::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "mercato", version, about = "An e-commerce platform: one binary today, separate services tomorrow.")]
+struct Cli {
+    /// A TOML configuration file (default: ./mercato.toml when it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Where the databases, the event log and mail live (default: ./data).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// The HTTP port (default: 8080).
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in this process behind the gateway edge (the default).
+    Run,
+    /// Run one service in this process.
+    Serve {
+        /// The service: `identity`.
+        service: String,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        /// Only this service (default: all).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Administrative tasks.
+    Admin {
+        #[command(subcommand)]
+        task: AdminTask,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminTask {
+    /// Create an account with any role.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// The password (default: read from MERCATO_NEW_USER_PASSWORD, else generated and printed).
+        #[arg(long, env = "MERCATO_NEW_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+        /// customer, seller, admin or delivery_agent.
+        #[arg(long, default_value = "customer")]
+        role: String,
+    },
+    /// Retire the active token-signing key and create a new one. Tokens signed with the old
+    /// key stay valid until they expire.
+    RotateKeys,
+}
+
+const SERVICES: &[&str] = &["identity"];
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = run(cli).await;
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(port) = cli.port {
+        config.port = port;
+    }
+    platform::telemetry::init_logging(config.log_format != "pretty");
+    config.check_production().map_err(anyhow::Error::msg)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run_all(config).await,
+        Command::Serve { service } => serve(config, &service).await,
+        Command::Migrate { service } => migrate(&config, service.as_deref()).await,
+        Command::Admin { task } => admin(&config, task).await,
+    }
+}
+
+async fn run_all(config: Config) -> anyhow::Result<()> {
+    let app = App::start(config.clone(), AppOptions::default()).await?;
+    let url = config.public_url();
+    println!("Mercato is running at {url}");
+    println!("  API docs:  {url}/api/docs");
+    println!("  OpenAPI:   {url}/api/openapi.json");
+    println!("  health:    {url}/health/ready");
+    println!("  metrics:   {url}/metrics");
+    if let Some(admin) = &app.created_admin {
+        match &admin.generated_password {
+            Some(password) => {
+                println!("  first admin account created: {}  password: {password}", admin.email);
+                println!("  (the password is shown this once; change it after logging in)");
+            }
+            None => println!("  first admin account created: {}", admin.email),
+        }
+    }
+    serve_router(&config, app.router.clone()).await?;
+    app.shutdown().await;
+    Ok(())
+}
+
+async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
+    match service {
+        // One service alone runs the same composition; later services each get their own arm.
+        "identity" => run_all(config).await,
+        other => anyhow::bail!("unknown service `{other}`; available: {}", SERVICES.join(", ")),
+    }
+}
+
+async fn serve_router(config: &Config, router: axum::Router) -> anyhow::Result<()> {
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().context("invalid host or port")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn migrate(config: &Config, service: Option<&str>) -> anyhow::Result<()> {
+    let services: Vec<&str> = match service {
+        Some(one) if SERVICES.contains(&one) => vec![one],
+        Some(other) => anyhow::bail!("unknown service `{other}`; available: {}", SERVICES.join(", ")),
+        None => SERVICES.to_vec(),
+    };
+    std::fs::create_dir_all(&config.data_dir)?;
+    for service in services {
+        if service == "identity" {
+            app::identity_db(config).await?.close().await;
+        }
+        println!("{service}: migrated");
+    }
+    Ok(())
+}
+
+async fn admin(config: &Config, task: AdminTask) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = app::identity_db(config).await?;
+    let identity = app::build_identity(config, db.clone(), Arc::new(SystemClock)).await?;
+    match task {
+        AdminTask::CreateUser { email, password, name, role } => {
+            let role = Role::parse(&role).context("role must be customer, seller, admin or delivery_agent")?;
+            let (password, generated) = match password {
+                Some(password) => (password, false),
+                None => (identity::domain::generated_password(), true),
+            };
+            let user = identity.create_user(&email, &name, &password, role, None).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            println!("created {} ({}) with role {}", user.email, user.id, user.role);
+            if generated {
+                println!("password: {password}");
+            }
+        }
+        AdminTask::RotateKeys => {
+            let kid = identity.keys().rotate().await?;
+            println!("new signing key {kid} is active; the previous key stays published until its tokens expire");
+        }
+    }
+    // Events written by these commands are published by the running server's relay.
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The durable in-process bus of the all-in-one mode: an append-only log table and one
+//! position per consumer group, in a database of its own (`data/bus.db`).
+//!
+//! Events survive a restart (they are rows), each group resumes from its stored position, and
+//! a position moves only after the group's handler succeeded or dead-lettered the event, so
+//! delivery is at least once and in publish order.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{deliver_with_retries, Bus, Subscription};
+use crate::events::Event;
+use crate::store::{Db, Migration};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "event log and consumer positions",
+    sql: "CREATE TABLE bus_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            published_at BIGINT NOT NULL);
+          CREATE INDEX bus_log_type ON bus_log (event_type, seq);
+          CREATE TABLE bus_positions (
+            consumer TEXT PRIMARY KEY,
+            position BIGINT NOT NULL)",
+    postgres: Some(
+        "CREATE TABLE bus_log (
+            seq BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            published_at BIGINT NOT NULL);
+          CREATE INDEX bus_log_type ON bus_log (event_type, seq);
+          CREATE TABLE bus_positions (
+            consumer TEXT PRIMARY KEY,
+            position BIGINT NOT NULL)",
+    ),
+}];
+
+const BATCH: i64 = 200;
+
+#[derive(Debug, Clone)]
+pub struct LogBus {
+    db: Db,
+    appended: Arc<Notify>,
+    groups: Arc<Mutex<HashSet<String>>>,
+    cancel: CancellationToken,
+}
+
+impl LogBus {
+    /// Opens the log in `db` (migrating it) and stops every subscription when `cancel` fires.
+    pub async fn open(db: Db, cancel: CancellationToken) -> anyhow::Result<Self> {
+        db.migrate("bus", MIGRATIONS).await?;
+        Ok(Self { db, appended: Arc::new(Notify::new()), groups: Arc::default(), cancel })
+    }
+
+    /// The stored position of a group (0 before its first event).
+    pub async fn position(&self, group: &str) -> anyhow::Result<i64> {
+        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM bus_positions WHERE consumer = $1")
+            .bind(group)
+            .fetch_optional(self.db.reader())
+            .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    /// Every event in the log, oldest first (tests and diagnostics).
+    pub async fn events(&self) -> anyhow::Result<Vec<Event>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT payload FROM bus_log ORDER BY seq").fetch_all(self.db.reader()).await?;
+        rows.iter().map(|raw| Event::from_json(raw).map_err(Into::into)).collect()
+    }
+
+    async fn next_batch(&self, subscription: &Subscription, after: i64) -> anyhow::Result<Vec<(i64, String)>> {
+        let all = subscription.types.iter().any(|t| t == "*");
+        let rows = if all {
+            sqlx::query_as("SELECT seq, payload FROM bus_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after)
+                .bind(BATCH)
+                .fetch_all(self.db.reader())
+                .await?
+        } else {
+            let placeholders: Vec<String> = (0..subscription.types.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT seq, payload FROM bus_log WHERE seq > $1 AND event_type IN ({}) ORDER BY seq LIMIT $2",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_as(&sql).bind(after).bind(BATCH);
+            for kind in &subscription.types {
+                query = query.bind(kind);
+            }
+            query.fetch_all(self.db.reader()).await?
+        };
+        Ok(rows)
+    }
+
+    async fn store_position(&self, group: &str, position: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO bus_positions (consumer, position) VALUES ($1, $2)
+             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+        )
+        .bind(group)
+        .bind(position)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn run(self, subscription: Subscription) {
+        let group = subscription.group.clone();
+        let mut position = match self.position(&group).await {
+            Ok(position) => position,
+            Err(err) => {
+                tracing::error!(%group, error = %format!("{err:#}"), "cannot read consumer position; consumer not started");
+                return;
+            }
+        };
+        loop {
+            let appended = self.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let batch = match self.next_batch(&subscription, position).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(%group, error = %format!("{err:#}"), "cannot read the event log");
+                    Vec::new()
+                }
+            };
+            let mut advanced = false;
+            for (seq, payload) in &batch {
+                if self.cancel.is_cancelled() {
+                    break;
+                }
+                let delivered = match Event::from_json(payload) {
+                    Ok(event) => deliver_with_retries(&subscription, &event).await,
+                    Err(err) => {
+                        tracing::error!(%group, seq, error = %err, "unreadable event in the log skipped");
+                        Ok(())
+                    }
+                };
+                if let Err(err) = delivered {
+                    tracing::error!(%group, error = %format!("{err:#}"), "cannot dead-letter an event; will redeliver");
+                    break;
+                }
+                position = *seq;
+                advanced = true;
+            }
+            if advanced {
+                if let Err(err) = self.store_position(&group, position).await {
+                    tracing::warn!(%group, error = %format!("{err:#}"), "cannot store consumer position");
+                }
+                continue;
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = &mut appended => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for LogBus {
+    async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO bus_log (event_id, event_type, payload, published_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event.id.to_string())
+        .bind(&event.kind)
+        .bind(event.to_json())
+        .bind(crate::clock::now_ms())
+        .execute(self.db.writer())
+        .await?;
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
+        let fresh = self.groups.lock().map_err(|_| anyhow::anyhow!("bus lock poisoned"))?.insert(subscription.group.clone());
+        anyhow::ensure!(fresh, "consumer group `{}` is already subscribed", subscription.group);
+        tokio::spawn(self.clone().run(subscription));
+        Ok(())
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.db.ping().await.map_err(Into::into)
+    }
+}

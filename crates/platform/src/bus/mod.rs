@@ -1,0 +1,97 @@
+//! The event bus: one [`Bus`] trait with two implementations, the durable in-process log for
+//! the all-in-one mode ([`log::LogBus`]) and NATS JetStream for the distributed mode
+//! ([`nats::NatsBus`]). Both deliver at least once, per consumer group, in publish order, and
+//! both hand an event to the dead-letter path after [`RetryPolicy::max_attempts`] failures.
+
+pub mod log;
+pub mod nats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::events::Event;
+
+#[async_trait]
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Publishes an event; publishing the same event id twice delivers it once.
+    async fn publish(&self, event: &Event) -> anyhow::Result<()>;
+
+    /// Starts delivering events whose type is in `subscription.types` (or all, for `*`) to
+    /// its handler, until the bus's cancellation token fires. One subscription per group.
+    async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()>;
+
+    /// Readiness: can the bus take a publish now?
+    async fn ping(&self) -> anyhow::Result<()>;
+}
+
+/// What a consumer group wants and who handles it.
+#[derive(Clone)]
+pub struct Subscription {
+    /// The durable consumer group name; its position survives restarts.
+    pub group: String,
+    /// Event types, or `*` for every type.
+    pub types: Vec<String>,
+    pub handler: Arc<dyn Delivery>,
+    pub retry: RetryPolicy,
+}
+
+impl Subscription {
+    pub fn wants(&self, kind: &str) -> bool {
+        self.types.iter().any(|t| t == "*" || t == kind)
+    }
+}
+
+/// The receiving end of a subscription.
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    /// Processes an event. An `Err` is retried, then dead-lettered.
+    async fn deliver(&self, event: &Event) -> anyhow::Result<()>;
+    /// Records an event that failed every attempt.
+    async fn dead_letter(&self, event: &Event, error: &str, attempts: u32) -> anyhow::Result<()>;
+}
+
+/// How often and how patiently a failing event is retried before it is dead-lettered.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 3, base_backoff: Duration::from_millis(200) }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1` (exponential: base, 2×base, 4×base, …).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.base_backoff * 2u32.pow(attempt.saturating_sub(1).min(10))
+    }
+}
+
+/// The all-attempts path shared by buses that retry in process: deliver, back off, retry, and
+/// dead-letter after the last failure. Answers `Err` only when even dead-lettering failed, in
+/// which case the event must not be acknowledged.
+pub(crate) async fn deliver_with_retries(subscription: &Subscription, event: &Event) -> anyhow::Result<()> {
+    let policy = subscription.retry;
+    let mut attempt = 1;
+    loop {
+        match subscription.handler.deliver(event).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt >= policy.max_attempts => {
+                let error = format!("{err:#}");
+                tracing::warn!(group = %subscription.group, event_id = %event.id, event_type = %event.kind, %error, attempts = attempt, "event dead-lettered");
+                metrics::counter!("mercato_dead_letters_total", "group" => subscription.group.clone()).increment(1);
+                return subscription.handler.dead_letter(event, &error, attempt).await;
+            }
+            Err(err) => {
+                tracing::debug!(group = %subscription.group, event_id = %event.id, error = %format!("{err:#}"), attempt, "event delivery failed; retrying");
+                tokio::time::sleep(policy.backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The bus on NATS JetStream, for the distributed mode.
+//!
+//! One stream holds every event under `<prefix>.<event type>`; publishing sets `Nats-Msg-Id`
+//! to the event id, so the stream drops a duplicate publish (the outbox relay may publish twice
+//! after a crash). Each consumer group is a durable pull consumer; a message is acknowledged
+//! after the handler succeeds, negatively acknowledged with a backoff when it fails, and
+//! dead-lettered and acknowledged when it has failed on its last allowed delivery.
+//!
+//! The server here (2.9) takes one filter subject per consumer, so a group that wants several
+//! types filters on `<prefix>.>` and acknowledges the others unseen.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, Subscription};
+use crate::events::Event;
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    /// The JetStream stream name (tests use a fresh one each).
+    pub stream: String,
+    /// The subject prefix events are published under.
+    pub subject_prefix: String,
+    /// How long the server waits for an acknowledgement before redelivering (a crashed consumer).
+    pub ack_wait: Duration,
+}
+
+impl NatsConfig {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            stream: "MERCATO_EVENTS".to_owned(),
+            subject_prefix: "mercato.events".to_owned(),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: NatsConfig,
+    groups: Arc<Mutex<HashSet<String>>>,
+    cancel: CancellationToken,
+}
+
+impl NatsBus {
+    /// Connects and creates the stream if it does not exist (idempotent).
+    pub async fn connect(config: NatsConfig, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let client = async_nats::connect(&config.url).await.context("cannot connect to NATS")?;
+        let jetstream = jetstream::new(client.clone());
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![format!("{}.>", config.subject_prefix)],
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .context("cannot create the JetStream stream")?;
+        Ok(Self { client, jetstream, config, groups: Arc::default(), cancel })
+    }
+
+    fn subject(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.config.subject_prefix)
+    }
+
+    async fn run(self, subscription: Subscription, consumer: consumer::Consumer<consumer::pull::Config>) {
+        let group = subscription.group.clone();
+        loop {
+            let mut messages = match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(%group, error = %err, "cannot pull from JetStream; retrying");
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    next = messages.next() => next,
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        tracing::warn!(%group, error = %err, "JetStream pull failed");
+                        continue;
+                    }
+                    None => break,
+                };
+                if let Err(err) = self.handle(&subscription, &message).await {
+                    tracing::warn!(%group, error = %format!("{err:#}"), "cannot acknowledge a JetStream message");
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, subscription: &Subscription, message: &jetstream::Message) -> anyhow::Result<()> {
+        let ack = |kind| async move { message.ack_with(kind).await.map_err(|err| anyhow::anyhow!(err)) };
+        let event = match std::str::from_utf8(&message.payload).map_err(anyhow::Error::from).and_then(|raw| Ok(Event::from_json(raw)?)) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::error!(group = %subscription.group, error = %err, "unreadable event on the bus terminated");
+                return ack(AckKind::Term).await;
+            }
+        };
+        if !subscription.wants(&event.kind) {
+            return ack(AckKind::Ack).await;
+        }
+        let attempt = message.info().map(|info| info.delivered).unwrap_or(1).max(1) as u32;
+        match subscription.handler.deliver(&event).await {
+            Ok(()) => ack(AckKind::Ack).await,
+            Err(err) if attempt >= subscription.retry.max_attempts => {
+                let error = format!("{err:#}");
+                tracing::warn!(group = %subscription.group, event_id = %event.id, event_type = %event.kind, %error, attempts = attempt, "event dead-lettered");
+                metrics::counter!("mercato_dead_letters_total", "group" => subscription.group.clone()).increment(1);
+                // If recording the dead letter fails, leave the message unacknowledged: the
+                // server redelivers it after `ack_wait` and we try again.
+                subscription.handler.dead_letter(&event, &error, attempt).await?;
+                ack(AckKind::Ack).await
+            }
+            Err(err) => {
+                tracing::debug!(group = %subscription.group, event_id = %event.id, error = %format!("{err:#}"), attempt, "event delivery failed; retrying");
+                ack(AckKind::Nak(Some(subscription.retry.backoff(attempt)))).await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+        self.jetstream
+            .publish_with_headers(self.subject(&event.kind), headers, event.to_json().into())
+            .await
+            .context("JetStream publish failed")?
+            .await
+            .context("JetStream did not acknowledge the publish")?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
+        let fresh = self.groups.lock().map_err(|_| anyhow::anyhow!("bus lock poisoned"))?.insert(subscription.group.clone());
+        anyhow::ensure!(fresh, "consumer group `{}` is already subscribed", subscription.group);
+        let filter_subject = match subscription.types.as_slice() {
+            [only] if only != "*" => self.subject(only),
+            _ => format!("{}.>", self.config.subject_prefix),
+        };
+        let stream = self.jetstream.get_stream(&self.config.stream).await.context("JetStream stream missing")?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &subscription.group,
+                consumer::pull::Config {
+                    durable_name: Some(subscription.group.clone()),
+                    filter_subject,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    // One more than our own limit: the last failing delivery dead-letters, so
+                    // the server's cap only matters if the dead-letter write itself keeps failing.
+                    max_deliver: i64::from(subscription.retry.max_attempts) + 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("cannot create the JetStream consumer")?;
+        tokio::spawn(self.clone().run(subscription, consumer));
+        Ok(())
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.client.connection_state() == async_nats::connection::State::Connected,
+            "not connected to NATS"
+        );
+        Ok(())
+    }
+}

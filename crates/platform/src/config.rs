@@ -1,0 +1,270 @@
+//! Configuration: built-in defaults, then an optional `mercato.toml`, then `MERCATO_*`
+//! environment variables (nested keys with `__`, e.g. `MERCATO_RATE_LIMIT__PER_USER_PER_MINUTE`),
+//! then command-line flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// One machine, embedded backends allowed.
+    Development,
+    /// Refuses embedded backends and default secrets.
+    Production,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub profile: Profile,
+    /// Where SQLite files, the event log, mail and the search index live.
+    pub data_dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    /// The URL people reach Mercato at; printed at start and used in links.
+    pub public_url: Option<String>,
+    /// `json` (default) or `pretty`.
+    pub log_format: String,
+    /// The first admin account, created at first start if no admin exists.
+    pub admin_email: Option<String>,
+    pub admin_password: Option<String>,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    pub rate_limit: RateLimitConfig,
+    pub login_throttle: LoginThrottleConfig,
+    pub bus: BusConfig,
+    pub database: DatabaseConfig,
+    pub identity: IdentityConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    /// Where services fetch the JWKS in the distributed mode.
+    pub jwks_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    pub body_limit_bytes: usize,
+    pub request_timeout_secs: u64,
+    /// Origins allowed by CORS; empty means same-origin only.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub per_user_per_minute: u32,
+    pub per_ip_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoginThrottleConfig {
+    pub max_failures: u32,
+    pub base_lockout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    /// The durable in-process log (`data/bus.db`).
+    Log,
+    Nats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BusConfig {
+    pub kind: BusKind,
+    pub nats_url: String,
+    pub nats_stream: String,
+    pub nats_subject_prefix: String,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    pub max_connections: u32,
+    /// Per-service database URLs (`identity = "postgres://…"`); a service without one uses
+    /// `sqlite://<data_dir>/<service>.db`.
+    pub urls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IdentityConfig {
+    pub password_reset_ttl_secs: u64,
+    pub email_verification_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Development,
+            data_dir: PathBuf::from("data"),
+            host: "127.0.0.1".to_owned(),
+            port: 8080,
+            public_url: None,
+            log_format: "json".to_owned(),
+            admin_email: None,
+            admin_password: None,
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            login_throttle: LoginThrottleConfig::default(),
+            bus: BusConfig::default(),
+            database: DatabaseConfig::default(),
+            identity: IdentityConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "mercato".to_owned(),
+            audience: "mercato".to_owned(),
+            access_ttl_secs: 15 * 60,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            jwks_url: None,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { body_limit_bytes: 1024 * 1024, request_timeout_secs: 30, cors_origins: Vec::new() }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { enabled: true, per_user_per_minute: 100, per_ip_per_minute: 300 }
+    }
+}
+
+impl Default for LoginThrottleConfig {
+    fn default() -> Self {
+        Self { max_failures: 5, base_lockout_secs: 30 }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::Log,
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_stream: "MERCATO_EVENTS".to_owned(),
+            nats_subject_prefix: "mercato.events".to_owned(),
+            max_attempts: 3,
+            retry_base_ms: 200,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { max_connections: 10, urls: BTreeMap::new() }
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self { password_reset_ttl_secs: 3600, email_verification_ttl_secs: 24 * 3600 }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (or `./mercato.toml` when it exists), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => figment = figment.merge(Toml::file("mercato.toml")),
+        }
+        figment.merge(Env::prefixed("MERCATO_").split("__")).extract()
+    }
+
+    /// The database URL of `service`.
+    pub fn database_url(&self, service: &str) -> String {
+        self.database
+            .urls
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join(format!("{service}.db")).display()))
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}:{}", self.host, self.port))
+    }
+
+    pub fn retry_policy(&self) -> crate::bus::RetryPolicy {
+        crate::bus::RetryPolicy {
+            max_attempts: self.bus.max_attempts.max(1),
+            base_backoff: Duration::from_millis(self.bus.retry_base_ms),
+        }
+    }
+
+    /// The production profile's guard: names every setting that must change.
+    pub fn check_production(&self) -> Result<(), String> {
+        if self.profile != Profile::Production {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        if matches!(self.bus.kind, BusKind::Log) {
+            problems.push("bus.kind is `log`; set MERCATO_BUS__KIND=nats".to_owned());
+        }
+        for service in ["identity"] {
+            if self.database_url(service).starts_with("sqlite:") {
+                problems.push(format!("{service} uses SQLite; set MERCATO_DATABASE__URLS__{}", service.to_uppercase()));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("the production profile refuses this configuration: {}", problems.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mercato.toml", "port = 9000\n[rate_limit]\nper_user_per_minute = 7\n")?;
+            jail.set_env("MERCATO_PORT", "9100");
+            let config = Config::load(None)?;
+            assert_eq!(config.port, 9100);
+            assert_eq!(config.rate_limit.per_user_per_minute, 7);
+            assert_eq!(config.rate_limit.per_ip_per_minute, 300);
+            assert_eq!(config.database_url("identity"), "sqlite://data/identity.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_refuses_embedded_backends() {
+        let config = Config { profile: Profile::Production, ..Config::default() };
+        let err = config.check_production().unwrap_err();
+        assert!(err.contains("MERCATO_BUS__KIND") && err.contains("MERCATO_DATABASE__URLS__IDENTITY"), "{err}");
+    }
+}

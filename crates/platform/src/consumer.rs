@@ -1,0 +1,298 @@
+//! Idempotent event consumers and their dead letters.
+//!
+//! An [`IdempotentConsumer`] records the event id in the consumer's own database in the same
+//! transaction as the handler's effect, so a redelivered event has no second effect. Events
+//! that fail every attempt are kept in that database's `dead_letters` table; admins list them
+//! and replay them through [`DeadLetters`], which calls the same handler directly, once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::bus::{Bus, Delivery, RetryPolicy, Subscription};
+use crate::clock::{now_ms, rfc3339};
+use crate::error::ApiError;
+use crate::events::Event;
+use crate::page::{Page, PageRequest};
+use crate::store::{Db, Tx};
+
+/// What a service does with an event. The effect goes into `tx`, which commits together with
+/// the record that the event was processed.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, tx: &mut Tx, event: &Event) -> anyhow::Result<()>;
+}
+
+/// A consumer group of one service: its name, the types it wants, and its handler.
+#[derive(Clone)]
+pub struct IdempotentConsumer {
+    name: String,
+    db: Db,
+    handler: Arc<dyn EventHandler>,
+}
+
+impl IdempotentConsumer {
+    pub fn new(name: impl Into<String>, db: Db, handler: Arc<dyn EventHandler>) -> Self {
+        Self { name: name.into(), db, handler }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Applies the event unless this consumer already did. Answers whether it was applied now.
+    pub async fn process(&self, event: &Event) -> anyhow::Result<bool> {
+        let mut tx = self.db.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
+             ON CONFLICT (consumer, event_id) DO NOTHING",
+        )
+        .bind(&self.name)
+        .bind(event.id.to_string())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.handler.handle(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Delivery for IdempotentConsumer {
+    async fn deliver(&self, event: &Event) -> anyhow::Result<()> {
+        self.process(event).await.map(|_| ())
+    }
+
+    async fn dead_letter(&self, event: &Event, error: &str, attempts: u32) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO dead_letters (id, consumer, event_id, event_type, payload, error, attempts, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(crate::id::new_id().to_string())
+        .bind(&self.name)
+        .bind(event.id.to_string())
+        .bind(&event.kind)
+        .bind(event.to_json())
+        .bind(truncate(error, 2_000))
+        .bind(i64::from(attempts))
+        .bind(now_ms())
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+/// A dead letter as admins see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub consumer: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// The last error, as the handler reported it.
+    pub error: String,
+    pub attempts: i64,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<String>,
+    /// Why the last replay failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_error: Option<String>,
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+type DeadLetterRow = (String, String, String, String, String, String, i64, i64, Option<i64>, Option<String>);
+
+impl DeadLetter {
+    fn from_row(row: DeadLetterRow) -> Self {
+        let (id, consumer, event_id, event_type, payload, error, attempts, created_at, replayed_at, replay_error) = row;
+        Self {
+            id: Uuid::parse_str(&id).unwrap_or_default(),
+            consumer,
+            event_id,
+            event_type,
+            error,
+            attempts,
+            created_at: rfc3339(created_at),
+            replayed_at: replayed_at.map(rfc3339),
+            replay_error,
+            event: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+const DEAD_LETTER_COLUMNS: &str =
+    "id, consumer, event_id, event_type, payload, error, attempts, created_at, replayed_at, replay_error";
+
+/// Every consumer of this process, by group name, with the database each keeps its dead
+/// letters in. Services register their consumers here; [`DeadLetters::start`] subscribes them.
+#[derive(Clone, Default)]
+pub struct DeadLetters {
+    consumers: HashMap<String, (IdempotentConsumer, Vec<String>)>,
+    dbs: Vec<Db>,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters").field("consumers", &self.consumers.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl DeadLetters {
+    /// Registers a consumer group for `types` (or `*`).
+    pub fn register(&mut self, consumer: IdempotentConsumer, types: &[&str]) {
+        if !self.dbs.iter().any(|db| db.same_as(&consumer.db)) {
+            self.dbs.push(consumer.db.clone());
+        }
+        let types = types.iter().map(|t| (*t).to_owned()).collect();
+        self.consumers.insert(consumer.name.clone(), (consumer, types));
+    }
+
+    /// Subscribes every registered consumer to the bus.
+    pub async fn start(&self, bus: &dyn Bus, retry: RetryPolicy) -> anyhow::Result<()> {
+        for (consumer, types) in self.consumers.values() {
+            bus.subscribe(Subscription {
+                group: consumer.name.clone(),
+                types: types.clone(),
+                handler: Arc::new(consumer.clone()),
+                retry,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Dead letters not yet replayed successfully, newest first, across every database.
+    pub async fn list(&self, page: &PageRequest) -> anyhow::Result<Page<DeadLetter>> {
+        let mut rows: Vec<DeadLetterRow> = Vec::new();
+        let after = page.after.clone().unwrap_or_else(|| "~".to_owned());
+        for db in &self.dbs {
+            let sql = format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE replayed_at IS NULL AND id < $1 ORDER BY id DESC LIMIT $2"
+            );
+            let mut found: Vec<DeadLetterRow> =
+                sqlx::query_as(&sql).bind(&after).bind(page.fetch_limit()).fetch_all(db.reader()).await?;
+            rows.append(&mut found);
+        }
+        rows.sort_by(|a, b| b.0.cmp(&a.0));
+        rows.truncate(page.fetch_limit() as usize);
+        let items = rows.into_iter().map(DeadLetter::from_row).collect();
+        Ok(Page::from_rows(items, page, |letter: &DeadLetter| letter.id.to_string()))
+    }
+
+    /// Open dead letters across every database.
+    pub async fn count(&self) -> anyhow::Result<i64> {
+        let mut total = 0;
+        for db in &self.dbs {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL")
+                .fetch_one(db.reader())
+                .await?;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    async fn find(&self, id: Uuid) -> anyhow::Result<Option<(Db, DeadLetterRow)>> {
+        let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1");
+        for db in &self.dbs {
+            let row: Option<DeadLetterRow> = sqlx::query_as(&sql).bind(id.to_string()).fetch_optional(db.reader()).await?;
+            if let Some(row) = row {
+                return Ok(Some((db.clone(), row)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands a dead letter to its consumer again. The consumer is idempotent, so replaying an
+    /// event it has meanwhile processed has no second effect.
+    pub async fn replay(&self, id: Uuid) -> Result<DeadLetter, ApiError> {
+        let (db, row) = self.find(id).await?.ok_or_else(|| ApiError::not_found("dead letter"))?;
+        if row.8.is_some() {
+            return Err(ApiError::Conflict("this dead letter was already replayed".to_owned()));
+        }
+        let (consumer, _) = self
+            .consumers
+            .get(&row.1)
+            .ok_or_else(|| ApiError::Unprocessable(format!("consumer `{}` does not run in this process", row.1)))?;
+        let event = Event::from_json(&row.4).map_err(|err| ApiError::Unprocessable(format!("the stored event is unreadable: {err}")))?;
+        match consumer.process(&event).await {
+            Ok(_) => {
+                sqlx::query("UPDATE dead_letters SET replayed_at = $1, replay_error = NULL WHERE id = $2")
+                    .bind(now_ms())
+                    .bind(id.to_string())
+                    .execute(db.writer())
+                    .await?;
+            }
+            Err(err) => {
+                let error = format!("{err:#}");
+                sqlx::query("UPDATE dead_letters SET replay_error = $1 WHERE id = $2")
+                    .bind(truncate(&error, 2_000))
+                    .bind(id.to_string())
+                    .execute(db.writer())
+                    .await?;
+                return Err(ApiError::Unprocessable(format!("the replay failed again: {}", truncate(&error, 300))));
+            }
+        }
+        let (_, row) = self.find(id).await?.ok_or_else(|| ApiError::not_found("dead letter"))?;
+        Ok(DeadLetter::from_row(row))
+    }
+}
+
+/// `GET /api/v1/admin/dead-letters` and `POST /api/v1/admin/dead-letters/{id}/replay`.
+pub fn admin_router(dead_letters: Arc<DeadLetters>) -> axum::Router {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/v1/admin/dead-letters", get(list_dead_letters))
+        .route("/api/v1/admin/dead-letters/{id}/replay", post(replay_dead_letter))
+        .with_state(dead_letters)
+}
+
+/// Events that failed every delivery attempt and are not yet replayed, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/dead-letters", tag = "admin", security(("bearer" = [])),
+    params(crate::page::PageParams),
+    responses((status = 200, body = Page<DeadLetter>), (status = 403, body = crate::error::Problem)))]
+async fn list_dead_letters(
+    axum::extract::State(dead_letters): axum::extract::State<Arc<DeadLetters>>,
+    _admin: crate::auth::Admin,
+    crate::extract::Query(params): crate::extract::Query<crate::page::PageParams>,
+) -> crate::error::ApiResult<crate::extract::Json<Page<DeadLetter>>> {
+    let page = params.parse()?;
+    Ok(crate::extract::Json(dead_letters.list(&page).await?))
+}
+
+/// Hands a dead letter to its consumer again. The consumer is idempotent: an event it has
+/// processed meanwhile has no second effect.
+#[utoipa::path(post, path = "/api/v1/admin/dead-letters/{id}/replay", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = DeadLetter), (status = 404, body = crate::error::Problem),
+              (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem)))]
+async fn replay_dead_letter(
+    axum::extract::State(dead_letters): axum::extract::State<Arc<DeadLetters>>,
+    _admin: crate::auth::Admin,
+    crate::extract::Path(id): crate::extract::Path<Uuid>,
+) -> crate::error::ApiResult<crate::extract::Json<DeadLetter>> {
+    Ok(crate::extract::Json(dead_letters.replay(id).await?))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_dead_letters, replay_dead_letter), components(schemas(DeadLetter)))]
+pub struct DeadLettersApi;

@@ -1,0 +1,149 @@
+//! The transactional outbox: an event is written in the same transaction as the change it
+//! announces, and a relay publishes it afterwards. No event without its change, no change
+//! without its event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::events::Event;
+use crate::store::{Db, Migration, Tx};
+
+/// The platform's tables, present in every service database: the outbox, the consumer's
+/// processed-event ids and its dead letters.
+pub const PLATFORM_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "outbox, processed events, dead letters",
+    sql: "CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at BIGINT NOT NULL);
+          CREATE TABLE processed_events (
+            consumer TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            processed_at BIGINT NOT NULL,
+            PRIMARY KEY (consumer, event_id));
+          CREATE TABLE dead_letters (
+            id TEXT PRIMARY KEY,
+            consumer TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            error TEXT NOT NULL,
+            attempts BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            replayed_at BIGINT,
+            replay_error TEXT);
+          CREATE INDEX dead_letters_open ON dead_letters (replayed_at, id)",
+    postgres: Some(
+        "CREATE TABLE outbox (
+            seq BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at BIGINT NOT NULL);
+          CREATE TABLE processed_events (
+            consumer TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            processed_at BIGINT NOT NULL,
+            PRIMARY KEY (consumer, event_id));
+          CREATE TABLE dead_letters (
+            id TEXT PRIMARY KEY,
+            consumer TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            error TEXT NOT NULL,
+            attempts BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            replayed_at BIGINT,
+            replay_error TEXT);
+          CREATE INDEX dead_letters_open ON dead_letters (replayed_at, id)",
+    ),
+}];
+
+/// Writes `event` to the outbox inside the caller's transaction.
+pub async fn enqueue(tx: &mut Tx, event: &Event) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (event_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(event.id.to_string())
+        .bind(&event.kind)
+        .bind(event.to_json())
+        .bind(crate::clock::now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A service's handle on its outbox: call [`Outbox::wake`] after committing a transaction
+/// that enqueued events so the relay publishes them now rather than at its next poll.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: Db,
+    notify: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(db: Db) -> Self {
+        Self { db, notify: Arc::new(Notify::new()) }
+    }
+
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Events written but not yet published.
+    pub async fn pending(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(self.db.reader()).await
+    }
+
+    /// Starts the relay: publishes outbox rows in order and deletes each once the bus has it.
+    /// A row whose publish fails stays and is retried; the bus deduplicates on the event id,
+    /// so a crash between publish and delete only causes a duplicate the bus drops.
+    pub fn spawn_relay(&self, service: &'static str, bus: Arc<dyn Bus>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let outbox = self.clone();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let notified = outbox.notify.notified();
+                let wait = match outbox.relay_batch(bus.as_ref()).await {
+                    Ok(published) if published > 0 => {
+                        failures = 0;
+                        continue;
+                    }
+                    Ok(_) => Duration::from_millis(500),
+                    Err(err) => {
+                        failures += 1;
+                        tracing::warn!(service, error = %format!("{err:#}"), "outbox relay failed; will retry");
+                        Duration::from_millis(100 * 2u64.pow(failures.min(6)))
+                    }
+                };
+                if let Ok(pending) = outbox.pending().await {
+                    metrics::gauge!("mercato_outbox_pending", "service" => service).set(pending as f64);
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = notified => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        })
+    }
+
+    /// Publishes up to 100 rows; answers how many were published.
+    async fn relay_batch(&self, bus: &dyn Bus) -> anyhow::Result<usize> {
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100")
+            .fetch_all(self.db.reader())
+            .await?;
+        for (seq, payload) in &rows {
+            let event = Event::from_json(payload)?;
+            bus.publish(&event).await?;
+            sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq).execute(self.db.writer()).await?;
+        }
+        Ok(rows.len())
+    }
+}

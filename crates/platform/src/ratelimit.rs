@@ -1,0 +1,189 @@
+//! Rate limits and failure throttles behind traits, in memory here and in Redis for the
+//! distributed mode.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::SharedClock;
+
+/// The answer to "may this key make one more request?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Refused; the next request would be allowed after this long.
+    Deny { retry_after: Duration },
+}
+
+/// A limit of `limit` requests per `window`, smoothly refilled (a token bucket).
+#[async_trait]
+pub trait RateLimiter: Send + Sync + std::fmt::Debug {
+    async fn check(&self, key: &str, limit: u32, window: Duration) -> Decision;
+}
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated_ms: i64,
+}
+
+/// In-memory token buckets, sharded to keep lock contention low.
+#[derive(Debug)]
+pub struct MemoryRateLimiter {
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    clock: SharedClock,
+}
+
+impl MemoryRateLimiter {
+    pub fn new(clock: SharedClock) -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), clock }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Bucket>> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.shards[(hasher.finish() as usize) % SHARDS]
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryRateLimiter {
+    async fn check(&self, key: &str, limit: u32, window: Duration) -> Decision {
+        let now = self.clock.now_ms();
+        let capacity = f64::from(limit.max(1));
+        let refill_per_ms = capacity / (window.as_millis().max(1) as f64);
+        let Ok(mut shard) = self.shard(key).lock() else {
+            return Decision::Allow;
+        };
+        if shard.len() > 100_000 {
+            // Drop buckets that have refilled completely: they carry no state.
+            shard.retain(|_, b| b.tokens + (now - b.updated_ms) as f64 * refill_per_ms < capacity);
+        }
+        let bucket = shard.entry(key.to_owned()).or_insert(Bucket { tokens: capacity, updated_ms: now });
+        let elapsed = (now - bucket.updated_ms).max(0) as f64;
+        bucket.tokens = (bucket.tokens + elapsed * refill_per_ms).min(capacity);
+        bucket.updated_ms = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Decision::Allow
+        } else {
+            let wait_ms = ((1.0 - bucket.tokens) / refill_per_ms).ceil() as u64;
+            Decision::Deny { retry_after: Duration::from_millis(wait_ms.max(1)) }
+        }
+    }
+}
+
+/// Counts failures per key (an account, an IP) and blocks the key for a growing time once it
+/// has failed `max_failures` times in a row: 1×, 2×, 4×… `base_lockout`, capped at 15 minutes.
+#[async_trait]
+pub trait FailureThrottle: Send + Sync + std::fmt::Debug {
+    /// How long `key` is still blocked, if it is.
+    async fn blocked_for(&self, key: &str) -> Option<Duration>;
+    async fn record_failure(&self, key: &str);
+    async fn reset(&self, key: &str);
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottlePolicy {
+    pub max_failures: u32,
+    pub base_lockout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Failures {
+    count: u32,
+    blocked_until_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct MemoryFailureThrottle {
+    policy: ThrottlePolicy,
+    clock: SharedClock,
+    state: Mutex<HashMap<String, Failures>>,
+}
+
+impl MemoryFailureThrottle {
+    pub fn new(policy: ThrottlePolicy, clock: SharedClock) -> Self {
+        Self { policy, clock, state: Mutex::default() }
+    }
+}
+
+#[async_trait]
+impl FailureThrottle for MemoryFailureThrottle {
+    async fn blocked_for(&self, key: &str) -> Option<Duration> {
+        let now = self.clock.now_ms();
+        let state = self.state.lock().ok()?;
+        let failures = state.get(key)?;
+        (failures.blocked_until_ms > now).then(|| Duration::from_millis((failures.blocked_until_ms - now) as u64))
+    }
+
+    async fn record_failure(&self, key: &str) {
+        let now = self.clock.now_ms();
+        let Ok(mut state) = self.state.lock() else { return };
+        if state.len() > 100_000 {
+            state.retain(|_, f| f.blocked_until_ms > now);
+        }
+        let failures = state.entry(key.to_owned()).or_default();
+        failures.count += 1;
+        if failures.count >= self.policy.max_failures {
+            let exponent = (failures.count - self.policy.max_failures).min(10);
+            let lockout = (self.policy.base_lockout * 2u32.pow(exponent)).min(Duration::from_secs(15 * 60));
+            failures.blocked_until_ms = now + lockout.as_millis() as i64;
+        }
+    }
+
+    async fn reset(&self, key: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::OffsetClock;
+
+    #[tokio::test]
+    async fn bucket_allows_the_limit_then_denies_with_a_retry_time() {
+        let clock = Arc::new(OffsetClock::default());
+        let limiter = MemoryRateLimiter::new(clock.clone());
+        let window = Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(limiter.check("k", 3, window).await, Decision::Allow);
+        }
+        let Decision::Deny { retry_after } = limiter.check("k", 3, window).await else { panic!("fourth must be denied") };
+        assert!(retry_after <= Duration::from_secs(20) && retry_after > Duration::from_secs(15), "{retry_after:?}");
+        assert_eq!(limiter.check("other", 3, window).await, Decision::Allow, "keys are independent");
+        clock.advance(Duration::from_secs(21));
+        assert_eq!(limiter.check("k", 3, window).await, Decision::Allow, "a token refilled");
+    }
+
+    #[tokio::test]
+    async fn throttle_blocks_after_max_failures_and_doubles() {
+        let clock = Arc::new(OffsetClock::default());
+        let policy = ThrottlePolicy { max_failures: 3, base_lockout: Duration::from_secs(10) };
+        let throttle = MemoryFailureThrottle::new(policy, clock.clone());
+        for _ in 0..2 {
+            throttle.record_failure("a").await;
+        }
+        assert!(throttle.blocked_for("a").await.is_none());
+        throttle.record_failure("a").await;
+        let first = throttle.blocked_for("a").await.expect("blocked after 3 failures");
+        assert!(first <= Duration::from_secs(10));
+        clock.advance(Duration::from_secs(11));
+        assert!(throttle.blocked_for("a").await.is_none());
+        throttle.record_failure("a").await;
+        let second = throttle.blocked_for("a").await.expect("blocked again");
+        assert!(second > Duration::from_secs(10), "lockout doubles: {second:?}");
+        throttle.reset("a").await;
+        assert!(throttle.blocked_for("a").await.is_none());
+    }
+}

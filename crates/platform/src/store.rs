@@ -1,0 +1,234 @@
+//! The relational store every service uses: one [`Db`] handle over SQLite or PostgreSQL with
+//! the same SQL, and a small migrator with one migration set per service.
+//!
+//! Why sqlx's `Any` driver and not an ORM: every query is plain SQL that both engines accept
+//! (`$1` placeholders, `ON CONFLICT`, `RETURNING`), so the one code path is exercised by the
+//! SQLite and PostgreSQL conformance suites alike, and builds stay small. Portable column
+//! types only: ids are TEXT (UUIDv7 strings), instants are BIGINT unix milliseconds, flags are
+//! nullable instants (`disabled_at`) rather than booleans.
+//!
+//! SQLite allows one writer at a time. Instead of letting connections fight over the lock
+//! (`SQLITE_BUSY`), a SQLite [`Db`] has a writer pool of exactly one connection, used for
+//! every transaction, and a reader pool for plain reads; WAL lets readers run beside it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor};
+
+pub type Tx = sqlx::Transaction<'static, Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Pool sizes and timeouts.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// PostgreSQL only: the schema to put first on the search path (tests use one per test).
+    pub search_path: Option<String>,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self { max_connections: 10, acquire_timeout: Duration::from_secs(10), search_path: None }
+    }
+}
+
+/// A service's database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    writer: AnyPool,
+    reader: AnyPool,
+    backend: Backend,
+    /// Tells databases apart: clones of one `Db` share it.
+    instance: u64,
+}
+
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_instance() -> u64 {
+    NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Db {
+    /// Connects to `url`: `sqlite://path/to/file.db` (created if missing) or `postgres://…`.
+    pub async fn connect(url: &str, options: &DbOptions) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url, options).await
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Self::connect_postgres(url, options).await
+        } else {
+            anyhow::bail!("unsupported database URL scheme (expected sqlite: or postgres:)")
+        }
+    }
+
+    async fn connect_sqlite(url: &str, options: &DbOptions) -> anyhow::Result<Self> {
+        let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+        let connect = AnyConnectOptions::from_str(&url).context("invalid SQLite URL")?;
+        let pool = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .min_connections(1)
+                .acquire_timeout(options.acquire_timeout)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(connect.clone())
+        };
+        let writer = pool(1).await.context("cannot open the SQLite database")?;
+        let reader = pool(options.max_connections.clamp(1, 8)).await.context("cannot open the SQLite database")?;
+        Ok(Self { writer, reader, backend: Backend::Sqlite, instance: next_instance() })
+    }
+
+    async fn connect_postgres(url: &str, options: &DbOptions) -> anyhow::Result<Self> {
+        let connect = AnyConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+        let search_path = options.search_path.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let search_path = search_path.clone();
+                Box::pin(async move {
+                    if let Some(schema) = search_path {
+                        conn.execute(format!("SET search_path TO \"{schema}\"").as_str()).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        Ok(Self { writer: pool.clone(), reader: pool, backend: Backend::Postgres, instance: next_instance() })
+    }
+
+    /// True when both handles are clones of one connected database.
+    pub fn same_as(&self, other: &Db) -> bool {
+        self.instance == other.instance
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool for reads outside a transaction.
+    pub fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// The pool for single-statement writes outside a transaction.
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.writer.begin().await
+    }
+
+    /// Checks that the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    /// Applies the migrations of `scope` not yet applied, each in its own transaction, in
+    /// version order. Concurrent migrators on PostgreSQL wait for each other.
+    pub async fn migrate(&self, scope: &str, migrations: &[Migration]) -> anyhow::Result<()> {
+        let mut conn = self.writer.acquire().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_lock(72707369)").execute(&mut *conn).await?;
+        }
+        let result = self.migrate_locked(&mut conn, scope, migrations).await;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock(72707369)").execute(&mut *conn).await?;
+        }
+        result
+    }
+
+    async fn migrate_locked(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<Any>,
+        scope: &str,
+        migrations: &[Migration],
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS _mercato_migrations (
+                scope TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                name TEXT NOT NULL,
+                applied_at BIGINT NOT NULL,
+                PRIMARY KEY (scope, version))",
+        )
+        .execute(&mut **conn)
+        .await?;
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _mercato_migrations WHERE scope = $1")
+            .bind(scope)
+            .fetch_all(&mut **conn)
+            .await?;
+        let mut pending: Vec<&Migration> = migrations.iter().filter(|m| !applied.contains(&m.version)).collect();
+        pending.sort_by_key(|m| m.version);
+        for migration in pending {
+            let sql = match self.backend {
+                Backend::Postgres => migration.postgres.unwrap_or(migration.sql),
+                Backend::Sqlite => migration.sql,
+            };
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("migration {scope}/{} `{}` failed", migration.version, migration.name))?;
+            }
+            sqlx::query("INSERT INTO _mercato_migrations (scope, version, name, applied_at) VALUES ($1, $2, $3, $4)")
+                .bind(scope)
+                .bind(migration.version)
+                .bind(migration.name)
+                .bind(crate::clock::now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(scope, version = migration.version, name = migration.name, "migration applied");
+        }
+        Ok(())
+    }
+}
+
+/// One schema change. `sql` holds `;`-separated statements (no `;` inside literals);
+/// `postgres` replaces it on PostgreSQL where the dialects differ.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+    pub postgres: Option<&'static str>,
+}
+
+/// True when a database error is a unique-constraint violation (SQLite and PostgreSQL).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+                || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,118 @@
+//! Logs, request and correlation ids, and Prometheus metrics.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+/// Installs the global JSON log subscriber (`RUST_LOG` filters; default `info`). Idempotent.
+pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("mercato_http_request_duration_seconds".to_owned()),
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder was installed first (only possible in tests): render ours anyway.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// The ids that tie a request to its logs and to the events it causes.
+#[derive(Debug, Clone)]
+pub struct RequestIds {
+    pub request_id: String,
+    /// Taken from `X-Correlation-Id` when the caller sent a sane one, else the request id.
+    pub correlation_id: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestIds {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<RequestIds>().cloned().unwrap_or_else(|| {
+            let id = crate::id::new_id().to_string();
+            RequestIds { request_id: id.clone(), correlation_id: id }
+        }))
+    }
+}
+
+fn sane_id(value: Option<&HeaderValue>) -> Option<String> {
+    let raw = value?.to_str().ok()?;
+    let ok = !raw.is_empty()
+        && raw.len() <= 128
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| raw.to_owned())
+}
+
+/// Middleware: assigns request and correlation ids, logs one line per request (method, route,
+/// status, latency — never headers, query strings or bodies) and records the HTTP metrics.
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = sane_id(request.headers().get(&REQUEST_ID)).unwrap_or_else(|| crate::id::new_id().to_string());
+    let correlation_id = sane_id(request.headers().get(&CORRELATION_ID)).unwrap_or_else(|| request_id.clone());
+    let ids = RequestIds { request_id: request_id.clone(), correlation_id: correlation_id.clone() };
+    request.extensions_mut().insert(ids);
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!("request", %request_id, %correlation_id, method = %method, route = %route);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    span.in_scope(|| {
+        tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request finished");
+    });
+    let labels = [("method", method.to_string()), ("route", route.clone()), ("status", status.to_string())];
+    metrics::counter!("mercato_http_requests_total", &labels).increment(1);
+    metrics::histogram!("mercato_http_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
+    if status >= 500 {
+        metrics::counter!("mercato_http_errors_total", &labels).increment(1);
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        headers.insert(CORRELATION_ID, value);
+    }
+    response
+}
+
+/// `GET /metrics` body.
+pub fn render_metrics() -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+}

@@ -1,0 +1,80 @@
+//! Test support shared by every crate's tests: fresh databases on each backend, the optional
+//! real servers named by `MERCATO_TEST_*`, and polling with a deadline instead of sleeping.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::store::{Db, DbOptions};
+
+pub const POSTGRES_URL_VAR: &str = "MERCATO_TEST_POSTGRES_URL";
+pub const NATS_URL_VAR: &str = "MERCATO_TEST_NATS_URL";
+pub const REDIS_URL_VAR: &str = "MERCATO_TEST_REDIS_URL";
+
+/// The value of a `MERCATO_TEST_*` variable, if it is set and not empty.
+pub fn server_url(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A SQLite database in a new temporary directory (kept alive by the returned guard).
+pub async fn sqlite_db() -> anyhow::Result<(Db, tempfile_guard::TempDir)> {
+    let dir = tempfile_guard::TempDir::new()?;
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    Ok((Db::connect(&url, &DbOptions::default()).await?, dir))
+}
+
+/// A PostgreSQL database in a fresh schema of the server named by `MERCATO_TEST_POSTGRES_URL`,
+/// or `None` when the variable is not set.
+pub async fn postgres_db() -> anyhow::Result<Option<Db>> {
+    let Some(url) = server_url(POSTGRES_URL_VAR) else { return Ok(None) };
+    let schema = format!("t_{}", crate::id::new_id().simple());
+    let admin = Db::connect(&url, &DbOptions { max_connections: 1, ..DbOptions::default() }).await?;
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\"")).execute(admin.writer()).await?;
+    admin.close().await;
+    let options = DbOptions { max_connections: 10, search_path: Some(schema), ..DbOptions::default() };
+    Ok(Some(Db::connect(&url, &options).await?))
+}
+
+/// Polls `check` until it answers `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A temporary directory removed on drop (a tiny stand-in so the platform crate does not
+/// depend on `tempfile` outside tests).
+pub mod tempfile_guard {
+    use std::path::{Path, PathBuf};
+
+    #[derive(Debug)]
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new() -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!("mercato-test-{}", crate::id::new_id().simple()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
