@@ -125,6 +125,8 @@ impl App {
     pub async fn start(config: Config, options: AppOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        // Install the metrics recorder before anything records.
+        platform::telemetry::metrics_handle();
         let cancel = CancellationToken::new();
         let clock = options.clock.clone();
 

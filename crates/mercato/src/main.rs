@@ -132,12 +132,38 @@ async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
 async fn serve_router(config: &Config, router: axum::Router) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().context("invalid host or port")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(());
+        });
+    // In-flight requests get a grace period after the signal, not forever.
+    tokio::select! {
+        result = server => result?,
+        () = async {
+            let _ = stop_rx.await;
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        } => tracing::warn!("requests still running 10 s after the signal were abandoned"),
+    }
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM. A signal that cannot be watched never resolves.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let watch = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = watch(SignalKind::interrupt()) => tracing::info!("SIGINT received; shutting down"),
+        () = watch(SignalKind::terminate()) => tracing::info!("SIGTERM received; shutting down"),
+    }
 }
 
 async fn migrate(config: &Config, service: Option<&str>) -> anyhow::Result<()> {

@@ -152,7 +152,9 @@ impl TokenVerifier {
             return Err(TokenError::Malformed);
         }
         let kid = header.kid.ok_or(TokenError::MissingKid)?;
-        let key = match self.keys.read().await.get(&kid).cloned() {
+        // Bind first: a read guard living through the `match` would deadlock the refetch's write.
+        let cached = self.keys.read().await.get(&kid).cloned();
+        let key = match cached {
             Some(key) => key,
             None => self.refetch_for(&kid).await?,
         };
