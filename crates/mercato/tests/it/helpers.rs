@@ -1,0 +1,184 @@
+//! `TestApp`: the all-in-one application on port 0 with a temporary data directory, a clock
+//! tests can move, and request helpers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mercato::app::{App, AppOptions, ExtensionConsumer};
+use platform::clock::OffsetClock;
+use platform::config::Config;
+use platform::events::Event;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+pub const ADMIN_EMAIL: &str = "admin@test.local";
+pub const ADMIN_PASSWORD: &str = "admin password for tests";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub app: App,
+    pub clock: Arc<OffsetClock>,
+    pub config: Config,
+    server: tokio::task::JoinHandle<()>,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// A response: status, headers and the body as JSON (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// Asserts the status, printing the body when it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_problem(self, status: u16) -> Self {
+        let reply = self.expect(status);
+        assert_eq!(reply.content_type(), "application/problem+json", "errors are problem+json");
+        assert_eq!(reply.body["status"], status, "problem body names the status");
+        reply
+    }
+}
+
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut config = Config { data_dir: data_dir.to_path_buf(), ..Config::default() };
+    config.admin_email = Some(ADMIN_EMAIL.to_owned());
+    config.admin_password = Some(ADMIN_PASSWORD.to_owned());
+    // Tests make many requests from one IP; the rate-limit tests lower these.
+    config.rate_limit.per_ip_per_minute = 100_000;
+    config.rate_limit.per_user_per_minute = 100_000;
+    config.bus.retry_base_ms = 5;
+    config
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}, Vec::new()).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config), extensions: Vec<ExtensionConsumer>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        configure(&mut config);
+        Self::start(config, extensions, Arc::new(OffsetClock::default()), Some(dir)).await
+    }
+
+    async fn start(config: Config, extensions: Vec<ExtensionConsumer>, clock: Arc<OffsetClock>, dir: Option<tempfile::TempDir>) -> Self {
+        let options = AppOptions { clock: clock.clone(), extension_consumers: extensions.clone() };
+        let app = App::start(config.clone(), options).await.expect("app starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = app.router.clone();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
+        });
+        Self { url: format!("http://{addr}"), client: reqwest::Client::new(), app, clock, config, server, dir }
+    }
+
+    /// Stops the application and starts it again on the same data directory, as a process
+    /// restart would.
+    pub async fn restart(mut self, extensions: Vec<ExtensionConsumer>) -> Self {
+        self.stop().await;
+        let dir = self.dir.take();
+        Self::start(self.config.clone(), extensions, self.clock.clone(), dir).await
+    }
+
+    pub async fn stop(&self) {
+        self.server.abort();
+        self.app.shutdown().await;
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body read");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.request(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.request(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.request(reqwest::Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.request(reqwest::Method::DELETE, path, token, None).await
+    }
+
+    /// Registers a customer; answers the whole auth response.
+    pub async fn register(&self, email: &str) -> Value {
+        self.post("/api/v1/auth/register", None, json!({"email": email, "full_name": "Test User", "password": PASSWORD}))
+            .await
+            .expect(201)
+            .body
+    }
+
+    /// Registers a customer; answers its access token.
+    pub async fn customer_token(&self, email: &str) -> String {
+        token_of(&self.register(email).await)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post("/api/v1/auth/login", None, json!({"email": email, "password": password})).await
+    }
+
+    pub async fn admin_token(&self) -> String {
+        token_of(&self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect(200).body)
+    }
+
+    /// Events on the in-process bus, oldest first.
+    pub async fn bus_events(&self) -> Vec<Event> {
+        self.app.log_bus.as_ref().expect("tests run on the in-process bus").events().await.expect("events readable")
+    }
+
+    /// Waits until the bus holds an event of `kind` about `subject`.
+    pub async fn wait_for_event(&self, kind: &str, subject: &str) -> Event {
+        platform::testing::eventually(Duration::from_secs(10), || async {
+            self.bus_events().await.into_iter().find(|e| e.kind == kind && e.subject == subject)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no {kind} event for {subject} within 10 s"))
+    }
+}
+
+pub fn token_of(auth: &Value) -> String {
+    auth["access_token"].as_str().expect("access_token").to_owned()
+}
+
+pub fn refresh_of(auth: &Value) -> String {
+    auth["refresh_token"].as_str().expect("refresh_token").to_owned()
+}
+
+pub fn id_of(value: &Value) -> String {
+    value["id"].as_str().or_else(|| value["user"]["id"].as_str()).expect("id").to_owned()
+}

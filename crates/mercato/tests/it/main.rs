@@ -1,0 +1,9 @@
+//! End-to-end tests of the all-in-one application over HTTP.
+
+mod accounts;
+mod addresses;
+mod admin;
+mod edge;
+mod events;
+mod helpers;
+mod jwt;
