@@ -60,8 +60,15 @@ impl Edge {
             Some(cors) => router.layer(cors),
             None => router,
         };
-        router.layer(middleware::from_fn(platform::telemetry::observe))
+        router
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+            .layer(middleware::from_fn(platform::telemetry::observe))
     }
+}
+
+/// A handler that panicked answers a plain problem+json 500; the panic is logged, not sent.
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

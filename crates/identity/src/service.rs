@@ -283,7 +283,7 @@ impl Identity {
         let unauthorized = || ApiError::Unauthorized("invalid or expired refresh token".to_owned());
         let now = self.now();
         let mut tx = self.db.begin().await?;
-        let row = store::refresh_token_by_hash(&mut tx, &domain::secret_hash(refresh_token)).await?.ok_or_else(unauthorized)?;
+        let row = store::refresh_token_by_hash(&mut *tx, &domain::secret_hash(refresh_token)).await?.ok_or_else(unauthorized)?;
         if row.revoked_at.is_some() || row.expires_at <= now {
             return Err(unauthorized());
         }
@@ -305,9 +305,7 @@ impl Identity {
     /// Ends the session the refresh token belongs to. Unknown tokens are ignored (logging out
     /// twice is not an error).
     pub async fn logout(&self, refresh_token: &str) -> Result<(), ApiError> {
-        let mut tx = self.db.begin().await?;
-        let row = store::refresh_token_by_hash(&mut tx, &domain::secret_hash(refresh_token)).await?;
-        drop(tx);
+        let row = store::refresh_token_by_hash(self.db.reader(), &domain::secret_hash(refresh_token)).await?;
         if let Some(row) = row {
             store::revoke_family(self.db.writer(), &row.family_id, self.now()).await?;
         }
@@ -411,8 +409,7 @@ impl Identity {
     }
 
     pub async fn address(&self, user_id: Uuid, id: Uuid) -> Result<AddressRow, ApiError> {
-        let mut tx = self.db.begin().await?;
-        let found = store::address_of(&mut tx, &user_id.to_string(), &id.to_string()).await?;
+        let found = store::address_of(self.db.reader(), &user_id.to_string(), &id.to_string()).await?;
         found.ok_or_else(|| ApiError::not_found("address"))
     }
 
@@ -423,7 +420,7 @@ impl Identity {
         let now = self.now();
         let mut tx = self.db.begin().await?;
         let existing = match id {
-            Some(id) => Some(store::address_of(&mut tx, &user_id, &id.to_string()).await?.ok_or_else(|| ApiError::not_found("address"))?),
+            Some(id) => Some(store::address_of(&mut *tx, &user_id, &id.to_string()).await?.ok_or_else(|| ApiError::not_found("address"))?),
             None => None,
         };
         let count = store::count_addresses(&mut tx, &user_id).await?;
@@ -449,7 +446,7 @@ impl Identity {
     pub async fn delete_address(&self, user_id: Uuid, id: Uuid) -> Result<(), ApiError> {
         let user_id = user_id.to_string();
         let mut tx = self.db.begin().await?;
-        let address = store::address_of(&mut tx, &user_id, &id.to_string()).await?.ok_or_else(|| ApiError::not_found("address"))?;
+        let address = store::address_of(&mut *tx, &user_id, &id.to_string()).await?.ok_or_else(|| ApiError::not_found("address"))?;
         store::delete_address(&mut tx, &user_id, &address.id).await?;
         if address.is_default == 1 {
             store::promote_latest_address(&mut tx, &user_id, self.now()).await?;

@@ -1,4 +1,5 @@
-//! Identity's tables and every query on them. Nothing outside this module writes SQL.
+//! Identity's tables and the queries on them (the signing-key queries live with the keys, in
+//! `keys.rs`).
 
 use platform::store::{Migration, Tx};
 use sqlx::{AnyPool, FromRow};
@@ -213,10 +214,13 @@ pub async fn insert_refresh_token(
     Ok(())
 }
 
-pub async fn refresh_token_by_hash(tx: &mut Tx, token_hash: &str) -> Result<Option<RefreshTokenRow>, sqlx::Error> {
+pub async fn refresh_token_by_hash<'e, E>(executor: E, token_hash: &str) -> Result<Option<RefreshTokenRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query_as("SELECT id, family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1")
         .bind(token_hash)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(executor)
         .await
 }
 
@@ -323,11 +327,14 @@ pub async fn addresses_of(pool: &AnyPool, user_id: &str) -> Result<Vec<AddressRo
         .await
 }
 
-pub async fn address_of(tx: &mut Tx, user_id: &str, id: &str) -> Result<Option<AddressRow>, sqlx::Error> {
+pub async fn address_of<'e, E>(executor: E, user_id: &str, id: &str) -> Result<Option<AddressRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query_as(&format!("SELECT {ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 AND id = $2"))
         .bind(user_id)
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(executor)
         .await
 }
 

@@ -101,6 +101,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_all(config: Config) -> anyhow::Result<()> {
     let app = App::start(config.clone(), AppOptions::default()).await?;
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().context("invalid host or port")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let url = config.public_url();
     println!("Mercato is running at {url}");
     println!("  API docs:  {url}/api/docs");
@@ -116,7 +118,7 @@ async fn run_all(config: Config) -> anyhow::Result<()> {
             None => println!("  first admin account created: {}", admin.email),
         }
     }
-    serve_router(&config, app.router.clone()).await?;
+    serve_router(listener, app.router.clone()).await?;
     app.shutdown().await;
     Ok(())
 }
@@ -129,9 +131,7 @@ async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_router(config: &Config, router: axum::Router) -> anyhow::Result<()> {
-    let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().context("invalid host or port")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+async fn serve_router(listener: tokio::net::TcpListener, router: axum::Router) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
@@ -173,6 +173,12 @@ async fn migrate(config: &Config, service: Option<&str>) -> anyhow::Result<()> {
         None => SERVICES.to_vec(),
     };
     std::fs::create_dir_all(&config.data_dir)?;
+    if service.is_none() && matches!(config.bus.kind, platform::config::BusKind::Log) {
+        let db = app::open_db(config, "bus").await?;
+        db.migrate("bus", platform::bus::log::MIGRATIONS).await?;
+        db.close().await;
+        println!("bus (in-process event log): migrated");
+    }
     for service in services {
         if service == "identity" {
             app::identity_db(config).await?.close().await;

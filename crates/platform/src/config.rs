@@ -32,7 +32,10 @@ pub struct Config {
     /// `json` (default) or `pretty`.
     pub log_format: String,
     /// The first admin account, created at first start if no admin exists.
+    #[serde(deserialize_with = "text_or_scalar")]
     pub admin_email: Option<String>,
+    /// Taken as text even when it looks like a number (`MERCATO_ADMIN_PASSWORD=20242025`).
+    #[serde(deserialize_with = "text_or_scalar")]
     pub admin_password: Option<String>,
     pub auth: AuthConfig,
     pub http: HttpConfig,
@@ -192,13 +195,13 @@ impl Default for IdentityConfig {
 
 impl Config {
     /// Defaults, then `file` (or `./mercato.toml` when it exists), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
             None => figment = figment.merge(Toml::file("mercato.toml")),
         }
-        figment.merge(Env::prefixed("MERCATO_").split("__")).extract()
+        figment.merge(Env::prefixed("MERCATO_").split("__")).extract().map_err(Box::new)
     }
 
     /// The database URL of `service`.
@@ -221,7 +224,7 @@ impl Config {
         }
     }
 
-    /// The production profile's guard: names every setting that must change.
+    /// The production profile's guard against embedded backends: names every setting that must change.
     pub fn check_production(&self) -> Result<(), String> {
         if self.profile != Profile::Production {
             return Ok(());
@@ -243,16 +246,46 @@ impl Config {
     }
 }
 
+/// Environment values are parsed as TOML-like scalars, so a digits-only password arrives as a
+/// number: accept any scalar for text settings.
+fn text_or_scalar<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(Option::<Scalar>::deserialize(deserializer)?.map(|value| match value {
+        Scalar::Text(text) => text,
+        Scalar::Integer(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digits_only_passwords_are_text() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MERCATO_ADMIN_PASSWORD", "20242025");
+            let config = Config::load(None).map_err(|e| *e)?;
+            assert_eq!(config.admin_password.as_deref(), Some("20242025"));
+            assert_eq!(config.admin_email, None);
+            Ok(())
+        });
+    }
 
     #[test]
     fn environment_overrides_file_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("mercato.toml", "port = 9000\n[rate_limit]\nper_user_per_minute = 7\n")?;
             jail.set_env("MERCATO_PORT", "9100");
-            let config = Config::load(None)?;
+            let config = Config::load(None).map_err(|e| *e)?;
             assert_eq!(config.port, 9100);
             assert_eq!(config.rate_limit.per_user_per_minute, 7);
             assert_eq!(config.rate_limit.per_ip_per_minute, 300);

@@ -135,9 +135,22 @@ impl DeadLetter {
             created_at: rfc3339(created_at),
             replayed_at: replayed_at.map(rfc3339),
             replay_error,
-            event: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+            event: redact(serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null)),
         }
     }
+}
+
+/// Hides one-time secrets (reset and verification tokens) that some events carry to the
+/// notifications service: the dead-letter view is for diagnosis, not for taking accounts over.
+fn redact(mut event: serde_json::Value) -> serde_json::Value {
+    if let Some(data) = event.get_mut("data").and_then(serde_json::Value::as_object_mut) {
+        for (key, value) in data.iter_mut() {
+            if key == "token" || key.ends_with("_token") || key == "password" || key == "code" {
+                *value = serde_json::Value::String("[redacted]".to_owned());
+            }
+        }
+    }
+    event
 }
 
 const DEAD_LETTER_COLUMNS: &str =

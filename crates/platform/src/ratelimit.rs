@@ -1,5 +1,5 @@
-//! Rate limits and failure throttles behind traits, in memory here and in Redis for the
-//! distributed mode.
+//! Rate limits and failure throttles behind traits, so the distributed mode can keep them in a
+//! shared store; the in-memory implementations here serve one process.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -57,9 +57,8 @@ impl RateLimiter for MemoryRateLimiter {
         let now = self.clock.now_ms();
         let capacity = f64::from(limit.max(1));
         let refill_per_ms = capacity / (window.as_millis().max(1) as f64);
-        let Ok(mut shard) = self.shard(key).lock() else {
-            return Decision::Allow;
-        };
+        // A panic while holding the lock cannot leave a bucket half-written: keep using it.
+        let mut shard = self.shard(key).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if shard.len() > 100_000 {
             // Drop buckets that have refilled completely: they carry no state.
             shard.retain(|_, b| b.tokens + (now - b.updated_ms) as f64 * refill_per_ms < capacity);
@@ -117,14 +116,14 @@ impl MemoryFailureThrottle {
 impl FailureThrottle for MemoryFailureThrottle {
     async fn blocked_for(&self, key: &str) -> Option<Duration> {
         let now = self.clock.now_ms();
-        let state = self.state.lock().ok()?;
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let failures = state.get(key)?;
         (failures.blocked_until_ms > now).then(|| Duration::from_millis((failures.blocked_until_ms - now) as u64))
     }
 
     async fn record_failure(&self, key: &str) {
         let now = self.clock.now_ms();
-        let Ok(mut state) = self.state.lock() else { return };
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.len() > 100_000 {
             state.retain(|_, f| f.blocked_until_ms > now);
         }
@@ -138,9 +137,7 @@ impl FailureThrottle for MemoryFailureThrottle {
     }
 
     async fn reset(&self, key: &str) {
-        if let Ok(mut state) = self.state.lock() {
-            state.remove(key);
-        }
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
     }
 }
 

@@ -78,3 +78,17 @@ pub mod tempfile_guard {
         }
     }
 }
+
+/// The URL of a new, empty PostgreSQL database on the server named by
+/// `MERCATO_TEST_POSTGRES_URL`, or `None` when the variable is not set. For tests that
+/// configure a whole service by URL rather than by [`Db`].
+pub async fn postgres_database_url() -> anyhow::Result<Option<String>> {
+    let Some(url) = server_url(POSTGRES_URL_VAR) else { return Ok(None) };
+    let name = format!("mercato_t_{}", crate::id::new_id().simple());
+    let admin = Db::connect(&url, &DbOptions { max_connections: 1, ..DbOptions::default() }).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(admin.writer()).await?;
+    admin.close().await;
+    let mut parsed = reqwest::Url::parse(&url)?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(Some(parsed.to_string()))
+}

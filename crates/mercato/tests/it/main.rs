@@ -7,3 +7,4 @@ mod edge;
 mod events;
 mod helpers;
 mod jwt;
+mod postgres;

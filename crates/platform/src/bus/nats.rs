@@ -126,10 +126,14 @@ impl NatsBus {
                 let error = format!("{err:#}");
                 tracing::warn!(group = %subscription.group, event_id = %event.id, event_type = %event.kind, %error, attempts = attempt, "event dead-lettered");
                 metrics::counter!("mercato_dead_letters_total", "group" => subscription.group.clone()).increment(1);
-                // If recording the dead letter fails, leave the message unacknowledged: the
-                // server redelivers it after `ack_wait` and we try again.
-                subscription.handler.dead_letter(&event, &error, attempt).await?;
-                ack(AckKind::Ack).await
+                match subscription.handler.dead_letter(&event, &error, attempt).await {
+                    Ok(()) => ack(AckKind::Ack).await,
+                    Err(err) => {
+                        // Not acknowledged: the server delivers it again and we retry the dead letter.
+                        tracing::error!(group = %subscription.group, error = %format!("{err:#}"), "cannot record a dead letter");
+                        ack(AckKind::Nak(Some(subscription.retry.backoff(attempt)))).await
+                    }
+                }
             }
             Err(err) => {
                 tracing::debug!(group = %subscription.group, event_id = %event.id, error = %format!("{err:#}"), attempt, "event delivery failed; retrying");
@@ -169,9 +173,9 @@ impl Bus for NatsBus {
                     filter_subject,
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.config.ack_wait,
-                    // One more than our own limit: the last failing delivery dead-letters, so
-                    // the server's cap only matters if the dead-letter write itself keeps failing.
-                    max_deliver: i64::from(subscription.retry.max_attempts) + 1,
+                    // Unlimited: our own limit dead-letters the event on its last attempt, and
+                    // if recording the dead letter fails the event must come back, not vanish.
+                    max_deliver: -1,
                     ..Default::default()
                 },
             )
