@@ -18,9 +18,20 @@ use platform::error::{method_not_allowed_fallback, not_found_fallback, ApiError}
 use platform::ratelimit::{Decision, RateLimiter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+/// Where the layers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeMode {
+    /// The public edge: refuses `/internal`, checks tokens on protected routes, rate-limits.
+    Gateway,
+    /// A service process behind the gateway: ids, metrics, limits and timeouts only; its
+    /// handlers verify tokens themselves and its `/internal` routes serve other services.
+    Service,
+}
+
 /// What the edge needs to know.
 #[derive(Clone)]
 pub struct Edge {
+    pub mode: EdgeMode,
     pub http: HttpConfig,
     pub rate_limit: RateLimitConfig,
     pub limiter: Arc<dyn RateLimiter>,
@@ -105,17 +116,13 @@ async fn guard(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> R
 
 async fn check(edge: &Edge, request: Request) -> Result<Request, ApiError> {
     let path = request.uri().path();
+    if edge.mode == EdgeMode::Service {
+        return check_body_size(edge, &request).map(|()| request);
+    }
     if path.starts_with("/internal/") || path == "/internal" {
         return Err(ApiError::NotFound("no route matches this path".to_owned()));
     }
-    let declared = request
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > edge.http.body_limit_bytes) {
-        return Err(ApiError::PayloadTooLarge);
-    }
+    check_body_size(edge, &request)?;
     let public = edge.is_public(path);
     let (mut parts, body) = request.into_parts();
     let user = if bearer_token(&parts).is_some() {
@@ -143,6 +150,20 @@ async fn check(edge: &Edge, request: Request) -> Result<Request, ApiError> {
         parts.extensions.insert::<CurrentUser>(user);
     }
     Ok(Request::from_parts(parts, body))
+}
+
+/// Refuses a declared body over the limit before reading it (chunked bodies are cut off by
+/// `DefaultBodyLimit` when a handler reads them).
+fn check_body_size(edge: &Edge, request: &Request) -> Result<(), ApiError> {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > edge.http.body_limit_bytes) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(())
 }
 
 async fn limit(edge: &Edge, key: &str, per_minute: u32, window: Duration) -> Result<(), ApiError> {

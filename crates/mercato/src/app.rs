@@ -31,16 +31,19 @@ pub struct ExtensionConsumer {
     pub handler: Arc<dyn EventHandler>,
 }
 
-/// What differs between a production start and a test start.
+/// What differs between a production start, a single-service start and a test start.
 #[derive(Clone)]
 pub struct AppOptions {
     pub clock: SharedClock,
     pub extension_consumers: Vec<ExtensionConsumer>,
+    /// `Gateway`: everything behind the public edge (all-in-one). `Service`: one service
+    /// process (`mercato serve <service>`) that a gateway fronts.
+    pub mode: gateway::EdgeMode,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { clock: Arc::new(SystemClock), extension_consumers: Vec::new() }
+        Self { clock: Arc::new(SystemClock), extension_consumers: Vec::new(), mode: gateway::EdgeMode::Gateway }
     }
 }
 
@@ -198,6 +201,7 @@ impl App {
             )
             .merge(gateway::docs_router(openapi()));
         let edge = gateway::Edge {
+            mode: options.mode,
             http: config.http.clone(),
             rate_limit: config.rate_limit.clone(),
             limiter: Arc::new(MemoryRateLimiter::new(clock.clone())),

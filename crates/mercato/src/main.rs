@@ -92,15 +92,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     platform::telemetry::init_logging(config.log_format != "pretty");
     config.check_production().map_err(anyhow::Error::msg)?;
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run_all(config).await,
+        Command::Run => run_all(config, AppOptions::default()).await,
         Command::Serve { service } => serve(config, &service).await,
         Command::Migrate { service } => migrate(&config, service.as_deref()).await,
         Command::Admin { task } => admin(&config, task).await,
     }
 }
 
-async fn run_all(config: Config) -> anyhow::Result<()> {
-    let app = App::start(config.clone(), AppOptions::default()).await?;
+async fn run_all(config: Config, options: AppOptions) -> anyhow::Result<()> {
+    let app = App::start(config.clone(), options).await?;
     let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().context("invalid host or port")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let url = config.public_url();
@@ -125,8 +125,8 @@ async fn run_all(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
     match service {
-        // One service alone runs the same composition; later services each get their own arm.
-        "identity" => run_all(config).await,
+        // Identity's routes, health and metrics without the gateway's edge checks.
+        "identity" => run_all(config, AppOptions { mode: gateway::EdgeMode::Service, ..AppOptions::default() }).await,
         other => anyhow::bail!("unknown service `{other}`; available: {}", SERVICES.join(", ")),
     }
 }

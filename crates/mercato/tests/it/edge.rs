@@ -133,3 +133,16 @@ async fn openapi_docs_health_and_metrics_are_served() {
     assert!(metrics.contains("mercato_http_request_duration_seconds"));
     assert!(metrics.contains("mercato_dead_letters_open"));
 }
+
+#[tokio::test]
+async fn a_service_process_has_no_edge_limits_but_still_checks_tokens() {
+    let app = crate::helpers::TestApp::spawn_in_mode(|c| c.rate_limit.per_ip_per_minute = 1, Vec::new(), gateway::EdgeMode::Service).await;
+    for _ in 0..3 {
+        app.get("/health/live", None).await.expect(200);
+    }
+    app.get("/api/v1/users/me", None).await.expect_problem(401);
+    app.get("/api/v1/users/me", Some("forged.token.here")).await.expect_problem(401);
+    let token = app.customer_token("svc@example.com").await;
+    app.get("/api/v1/users/me", Some(&token)).await.expect(200);
+    app.get("/api/v1/admin/users", Some(&token)).await.expect_problem(403);
+}

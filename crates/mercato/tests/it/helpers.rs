@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway::EdgeMode;
 use mercato::app::{App, AppOptions, ExtensionConsumer};
 use platform::clock::OffsetClock;
 use platform::config::Config;
@@ -72,14 +73,25 @@ impl TestApp {
     }
 
     pub async fn spawn_with(configure: impl FnOnce(&mut Config), extensions: Vec<ExtensionConsumer>) -> Self {
+        Self::spawn_in_mode(configure, extensions, EdgeMode::Gateway).await
+    }
+
+    /// One service process (`mercato serve identity`) rather than the all-in-one edge.
+    pub async fn spawn_in_mode(configure: impl FnOnce(&mut Config), extensions: Vec<ExtensionConsumer>, mode: EdgeMode) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         configure(&mut config);
-        Self::start(config, extensions, Arc::new(OffsetClock::default()), Some(dir)).await
+        Self::start(config, extensions, Arc::new(OffsetClock::default()), Some(dir), mode).await
     }
 
-    async fn start(config: Config, extensions: Vec<ExtensionConsumer>, clock: Arc<OffsetClock>, dir: Option<tempfile::TempDir>) -> Self {
-        let options = AppOptions { clock: clock.clone(), extension_consumers: extensions.clone() };
+    async fn start(
+        config: Config,
+        extensions: Vec<ExtensionConsumer>,
+        clock: Arc<OffsetClock>,
+        dir: Option<tempfile::TempDir>,
+        mode: EdgeMode,
+    ) -> Self {
+        let options = AppOptions { clock: clock.clone(), extension_consumers: extensions, mode };
         let app = App::start(config.clone(), options).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -95,7 +107,7 @@ impl TestApp {
     pub async fn restart(mut self, extensions: Vec<ExtensionConsumer>) -> Self {
         self.stop().await;
         let dir = self.dir.take();
-        Self::start(self.config.clone(), extensions, self.clock.clone(), dir).await
+        Self::start(self.config.clone(), extensions, self.clock.clone(), dir, EdgeMode::Gateway).await
     }
 
     pub async fn stop(&self) {
