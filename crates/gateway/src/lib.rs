@@ -42,7 +42,9 @@ pub struct Edge {
 
 impl std::fmt::Debug for Edge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Edge").field("public_routes", &self.public_routes).finish()
+        f.debug_struct("Edge")
+            .field("public_routes", &self.public_routes)
+            .finish()
     }
 }
 
@@ -52,7 +54,13 @@ impl Edge {
             // Health, metrics, docs, the JWKS and the web UI are not behind the token check.
             return true;
         }
-        self.public_routes.iter().any(|route| if route.ends_with('/') { path.starts_with(route.as_str()) } else { path == route })
+        self.public_routes.iter().any(|route| {
+            if route.ends_with('/') {
+                path.starts_with(route.as_str())
+            } else {
+                path == route
+            }
+        })
     }
 
     /// Wraps `routes` (every service's public router, merged) in the edge.
@@ -88,8 +96,20 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     }
     // Explicit origins only: credentials are allowed, so a wildcard would be unsafe (and
     // `CorsLayer` refuses the combination anyway).
-    let origins: Vec<HeaderValue> = origins.iter().filter(|o| o.as_str() != "*").filter_map(|o| HeaderValue::from_str(o).ok()).collect();
-    let headers = ["authorization", "content-type", "idempotency-key", "if-match", "x-request-id", "x-correlation-id", "x-cart-token"];
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter(|o| o.as_str() != "*")
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let headers = [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "if-match",
+        "x-request-id",
+        "x-correlation-id",
+        "x-cart-token",
+    ];
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
@@ -107,7 +127,11 @@ async fn guard(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> R
             let timeout = Duration::from_secs(edge.http.request_timeout_secs.max(1));
             match tokio::time::timeout(timeout, next.run(request)).await {
                 Ok(response) => response,
-                Err(_) => ApiError::Unavailable { message: "the request took too long".to_owned(), retry_after_secs: 1 }.into_response(),
+                Err(_) => ApiError::Unavailable {
+                    message: "the request took too long".to_owned(),
+                    retry_after_secs: 1,
+                }
+                .into_response(),
             }
         }
         Err(err) => err.into_response(),
@@ -143,7 +167,13 @@ async fn check(edge: &Edge, request: Request) -> Result<Request, ApiError> {
             limit(edge, &format!("ip:{ip}"), edge.rate_limit.per_ip_per_minute, minute).await?;
         }
         if let Some(user) = &user {
-            limit(edge, &format!("user:{}", user.id), edge.rate_limit.per_user_per_minute, minute).await?;
+            limit(
+                edge,
+                &format!("user:{}", user.id),
+                edge.rate_limit.per_user_per_minute,
+                minute,
+            )
+            .await?;
         }
     }
     if let Some(user) = user {
@@ -181,5 +211,7 @@ async fn limit(edge: &Edge, key: &str, per_minute: u32, window: Duration) -> Res
 
 /// The OpenAPI document and its interactive page.
 pub fn docs_router(openapi: utoipa::openapi::OpenApi) -> Router {
-    utoipa_swagger_ui::SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi).into()
+    utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+        .url("/api/openapi.json", openapi)
+        .into()
 }

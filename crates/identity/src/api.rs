@@ -45,7 +45,10 @@ pub fn router(identity: Arc<Identity>, verifier: Arc<TokenVerifier>) -> Router {
         .route("/api/v1/users/me", get(me).patch(update_me))
         .route("/api/v1/users/me/password", post(change_password))
         .route("/api/v1/users/me/addresses", get(list_addresses).post(create_address))
-        .route("/api/v1/users/me/addresses/{id}", get(get_address).patch(update_address).delete(delete_address))
+        .route(
+            "/api/v1/users/me/addresses/{id}",
+            get(get_address).patch(update_address).delete(delete_address),
+        )
         .route("/api/v1/admin/users", get(admin_list_users))
         .route("/api/v1/admin/users/{id}", get(admin_get_user).patch(admin_update_user))
         .route("/.well-known/jwks.json", get(jwks))
@@ -65,8 +68,6 @@ pub fn router(identity: Arc<Identity>, verifier: Arc<TokenVerifier>) -> Router {
          (name = "admin", description = "User administration"))
 )]
 pub struct IdentityApi;
-
-
 
 // ----- bodies ---------------------------------------------------------------------------------
 
@@ -282,24 +283,57 @@ impl From<AddressRequest> for AddressInput {
 /// Create a customer account and log in.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = AuthResponse), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn register(State(identity): State<Arc<Identity>>, ids: RequestIds, ClientIp(ip): ClientIp, Json(body): Json<RegisterRequest>) -> ApiResult<impl IntoResponse> {
-    let user = identity.create_user(&body.email, &body.full_name, &body.password, Role::Customer, Some(&ids.correlation_id)).await?;
-    let (user, session) = identity.login(&user.email, &body.password, ip.map(|ip| ip.to_string()).as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(AuthResponse { user: user.into(), tokens: session.into() })))
+async fn register(
+    State(identity): State<Arc<Identity>>,
+    ids: RequestIds,
+    ClientIp(ip): ClientIp,
+    Json(body): Json<RegisterRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let user = identity
+        .create_user(
+            &body.email,
+            &body.full_name,
+            &body.password,
+            Role::Customer,
+            Some(&ids.correlation_id),
+        )
+        .await?;
+    let (user, session) = identity
+        .login(&user.email, &body.password, ip.map(|ip| ip.to_string()).as_deref())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AuthResponse {
+            user: user.into(),
+            tokens: session.into(),
+        }),
+    ))
 }
 
 /// Log in with email and password.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = AuthResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem)))]
-async fn login(State(identity): State<Arc<Identity>>, ClientIp(ip): ClientIp, Json(body): Json<LoginRequest>) -> ApiResult<Json<AuthResponse>> {
-    let (user, session) = identity.login(&body.email, &body.password, ip.map(|ip| ip.to_string()).as_deref()).await?;
-    Ok(Json(AuthResponse { user: user.into(), tokens: session.into() }))
+async fn login(
+    State(identity): State<Arc<Identity>>,
+    ClientIp(ip): ClientIp,
+    Json(body): Json<LoginRequest>,
+) -> ApiResult<Json<AuthResponse>> {
+    let (user, session) = identity
+        .login(&body.email, &body.password, ip.map(|ip| ip.to_string()).as_deref())
+        .await?;
+    Ok(Json(AuthResponse {
+        user: user.into(),
+        tokens: session.into(),
+    }))
 }
 
 /// Trade a refresh token for a new pair. Each refresh token works once; reusing one ends the session.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = Problem)))]
-async fn refresh(State(identity): State<Arc<Identity>>, Json(body): Json<RefreshRequest>) -> ApiResult<Json<TokenResponse>> {
+async fn refresh(
+    State(identity): State<Arc<Identity>>,
+    Json(body): Json<RefreshRequest>,
+) -> ApiResult<Json<TokenResponse>> {
     Ok(Json(identity.refresh(&body.refresh_token).await?.into()))
 }
 
@@ -315,15 +349,27 @@ const FORGOT_ANSWER: &str = "if an account exists for this email, a reset link i
 /// Ask for a password-reset link. The answer is the same whether or not the account exists.
 #[utoipa::path(post, path = "/api/v1/auth/password/forgot", tag = "auth", request_body = ForgotPasswordRequest,
     responses((status = 202, body = AcceptedResponse)))]
-async fn forgot_password(State(identity): State<Arc<Identity>>, ids: RequestIds, Json(body): Json<ForgotPasswordRequest>) -> ApiResult<impl IntoResponse> {
+async fn forgot_password(
+    State(identity): State<Arc<Identity>>,
+    ids: RequestIds,
+    Json(body): Json<ForgotPasswordRequest>,
+) -> ApiResult<impl IntoResponse> {
     identity.forgot_password(&body.email, Some(&ids.correlation_id)).await?;
-    Ok((StatusCode::ACCEPTED, Json(AcceptedResponse { message: FORGOT_ANSWER.to_owned() })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AcceptedResponse {
+            message: FORGOT_ANSWER.to_owned(),
+        }),
+    ))
 }
 
 /// Set a new password with a reset token (single use, expires). Ends every session.
 #[utoipa::path(post, path = "/api/v1/auth/password/reset", tag = "auth", request_body = ResetPasswordRequest,
     responses((status = 204), (status = 400, body = Problem), (status = 422, body = Problem)))]
-async fn reset_password(State(identity): State<Arc<Identity>>, Json(body): Json<ResetPasswordRequest>) -> ApiResult<StatusCode> {
+async fn reset_password(
+    State(identity): State<Arc<Identity>>,
+    Json(body): Json<ResetPasswordRequest>,
+) -> ApiResult<StatusCode> {
     identity.reset_password(&body.token, &body.new_password).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -331,7 +377,10 @@ async fn reset_password(State(identity): State<Arc<Identity>>, Json(body): Json<
 /// Confirm the email address with the token sent to it.
 #[utoipa::path(post, path = "/api/v1/auth/email/verify", tag = "auth", request_body = VerifyEmailRequest,
     responses((status = 204), (status = 400, body = Problem)))]
-async fn verify_email(State(identity): State<Arc<Identity>>, Json(body): Json<VerifyEmailRequest>) -> ApiResult<StatusCode> {
+async fn verify_email(
+    State(identity): State<Arc<Identity>>,
+    Json(body): Json<VerifyEmailRequest>,
+) -> ApiResult<StatusCode> {
     identity.verify_email(&body.token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -339,9 +388,18 @@ async fn verify_email(State(identity): State<Arc<Identity>>, Json(body): Json<Ve
 /// Send a new verification email.
 #[utoipa::path(post, path = "/api/v1/auth/email/verify/resend", tag = "auth", security(("bearer" = [])),
     responses((status = 202, body = AcceptedResponse), (status = 409, body = Problem)))]
-async fn resend_verification(State(identity): State<Arc<Identity>>, user: CurrentUser, ids: RequestIds) -> ApiResult<impl IntoResponse> {
+async fn resend_verification(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    ids: RequestIds,
+) -> ApiResult<impl IntoResponse> {
     identity.resend_verification(user.id, Some(&ids.correlation_id)).await?;
-    Ok((StatusCode::ACCEPTED, Json(AcceptedResponse { message: "a new verification email is on its way".to_owned() })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AcceptedResponse {
+            message: "a new verification email is on its way".to_owned(),
+        }),
+    ))
 }
 
 // ----- profile --------------------------------------------------------------------------------
@@ -356,15 +414,30 @@ async fn me(State(identity): State<Arc<Identity>>, user: CurrentUser) -> ApiResu
 /// Change the caller's name. Unknown fields (such as `role`) are rejected.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateMeRequest,
     responses((status = 200, body = UserView), (status = 422, body = Problem)))]
-async fn update_me(State(identity): State<Arc<Identity>>, user: CurrentUser, Json(body): Json<UpdateMeRequest>) -> ApiResult<Json<UserView>> {
-    Ok(Json(identity.update_profile(user.id, body.full_name.as_deref()).await?.into()))
+async fn update_me(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    Json(body): Json<UpdateMeRequest>,
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(
+        identity
+            .update_profile(user.id, body.full_name.as_deref())
+            .await?
+            .into(),
+    ))
 }
 
 /// Change the password, knowing the current one. Ends every session.
 #[utoipa::path(post, path = "/api/v1/users/me/password", tag = "users", security(("bearer" = [])), request_body = ChangePasswordRequest,
     responses((status = 204), (status = 422, body = Problem)))]
-async fn change_password(State(identity): State<Arc<Identity>>, user: CurrentUser, Json(body): Json<ChangePasswordRequest>) -> ApiResult<StatusCode> {
-    identity.change_password(user.id, &body.current_password, &body.new_password).await?;
+async fn change_password(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    Json(body): Json<ChangePasswordRequest>,
+) -> ApiResult<StatusCode> {
+    identity
+        .change_password(user.id, &body.current_password, &body.new_password)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -374,13 +447,19 @@ async fn change_password(State(identity): State<Arc<Identity>>, user: CurrentUse
 #[utoipa::path(get, path = "/api/v1/users/me/addresses", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = Vec<AddressView>)))]
 async fn list_addresses(State(identity): State<Arc<Identity>>, user: CurrentUser) -> ApiResult<Json<Vec<AddressView>>> {
-    Ok(Json(identity.addresses(user.id).await?.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        identity.addresses(user.id).await?.into_iter().map(Into::into).collect(),
+    ))
 }
 
 /// Add an address. The first one becomes the default.
 #[utoipa::path(post, path = "/api/v1/users/me/addresses", tag = "users", security(("bearer" = [])), request_body = AddressRequest,
     responses((status = 201, body = AddressView), (status = 422, body = Problem)))]
-async fn create_address(State(identity): State<Arc<Identity>>, user: CurrentUser, Json(body): Json<AddressRequest>) -> ApiResult<impl IntoResponse> {
+async fn create_address(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    Json(body): Json<AddressRequest>,
+) -> ApiResult<impl IntoResponse> {
     let address = identity.save_address(user.id, None, body.into()).await?;
     Ok((StatusCode::CREATED, Json(AddressView::from(address))))
 }
@@ -388,7 +467,11 @@ async fn create_address(State(identity): State<Arc<Identity>>, user: CurrentUser
 /// One of the caller's addresses.
 #[utoipa::path(get, path = "/api/v1/users/me/addresses/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses((status = 200, body = AddressView), (status = 404, body = Problem)))]
-async fn get_address(State(identity): State<Arc<Identity>>, user: CurrentUser, Path(id): Path<Uuid>) -> ApiResult<Json<AddressView>> {
+async fn get_address(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<AddressView>> {
     Ok(Json(identity.address(user.id, id).await?.into()))
 }
 
@@ -396,14 +479,25 @@ async fn get_address(State(identity): State<Arc<Identity>>, user: CurrentUser, P
 #[utoipa::path(patch, path = "/api/v1/users/me/addresses/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = AddressRequest,
     responses((status = 200, body = AddressView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-async fn update_address(State(identity): State<Arc<Identity>>, user: CurrentUser, Path(id): Path<Uuid>, Json(body): Json<AddressRequest>) -> ApiResult<Json<AddressView>> {
-    Ok(Json(identity.save_address(user.id, Some(id), body.into()).await?.into()))
+async fn update_address(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+    Json(body): Json<AddressRequest>,
+) -> ApiResult<Json<AddressView>> {
+    Ok(Json(
+        identity.save_address(user.id, Some(id), body.into()).await?.into(),
+    ))
 }
 
 /// Delete an address; if it was the default, the newest other address becomes the default.
 #[utoipa::path(delete, path = "/api/v1/users/me/addresses/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses((status = 204), (status = 404, body = Problem)))]
-async fn delete_address(State(identity): State<Arc<Identity>>, user: CurrentUser, Path(id): Path<Uuid>) -> ApiResult<StatusCode> {
+async fn delete_address(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
     identity.delete_address(user.id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -413,15 +507,32 @@ async fn delete_address(State(identity): State<Arc<Identity>>, user: CurrentUser
 /// Users, oldest first, optionally searched by email.
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", security(("bearer" = [])), params(AdminUsersQuery),
     responses((status = 200, body = Page<UserView>), (status = 403, body = Problem)))]
-async fn admin_list_users(State(identity): State<Arc<Identity>>, _admin: Admin, Query(query): Query<AdminUsersQuery>) -> ApiResult<Json<Page<UserView>>> {
-    let page = PageParams { limit: query.limit, cursor: query.cursor }.parse()?;
-    Ok(Json(identity.list_users(query.email.as_deref(), &page).await?.map(Into::into)))
+async fn admin_list_users(
+    State(identity): State<Arc<Identity>>,
+    _admin: Admin,
+    Query(query): Query<AdminUsersQuery>,
+) -> ApiResult<Json<Page<UserView>>> {
+    let page = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .parse()?;
+    Ok(Json(
+        identity
+            .list_users(query.email.as_deref(), &page)
+            .await?
+            .map(Into::into),
+    ))
 }
 
 /// One user.
 #[utoipa::path(get, path = "/api/v1/admin/users/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses((status = 200, body = UserView), (status = 404, body = Problem)))]
-async fn admin_get_user(State(identity): State<Arc<Identity>>, _admin: Admin, Path(id): Path<Uuid>) -> ApiResult<Json<UserView>> {
+async fn admin_get_user(
+    State(identity): State<Arc<Identity>>,
+    _admin: Admin,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<UserView>> {
     Ok(Json(identity.user(id).await?.into()))
 }
 
@@ -448,7 +559,12 @@ async fn admin_update_user(
         None => None,
     };
     let version = body.version.or(if_match);
-    Ok(Json(identity.admin_update_user(admin.id, id, body.role, body.disabled, version).await?.into()))
+    Ok(Json(
+        identity
+            .admin_update_user(admin.id, id, body.role, body.disabled, version)
+            .await?
+            .into(),
+    ))
 }
 
 /// The public keys access tokens are signed with.

@@ -37,14 +37,62 @@ impl Email {
 
 /// The most common passwords, refused at registration and reset.
 const COMMON_PASSWORDS: &[&str] = &[
-    "password", "password1", "password12", "password123", "password1234", "12345678", "123456789",
-    "1234567890", "12345678910", "qwertyuiop", "qwerty123", "qwerty1234", "1q2w3e4r", "1q2w3e4r5t",
-    "iloveyou", "sunshine", "princess", "football", "baseball", "welcome1", "welcome123",
-    "admin123", "administrator", "letmein1", "trustno1", "abc12345", "abcd1234", "11111111",
-    "00000000", "87654321", "88888888", "asdfghjk", "asdfghjkl", "zxcvbnm1", "superman",
-    "iloveyou1", "starwars", "whatever", "computer", "michelle", "jennifer", "passw0rd",
-    "p@ssw0rd", "p@ssword", "changeme", "changeme1", "mercato123", "shopping", "q1w2e3r4",
-    "1qaz2wsx", "dragon12", "monkey123", "master123", "qazwsxedc", "password!", "aaaaaaaa",
+    "password",
+    "password1",
+    "password12",
+    "password123",
+    "password1234",
+    "12345678",
+    "123456789",
+    "1234567890",
+    "12345678910",
+    "qwertyuiop",
+    "qwerty123",
+    "qwerty1234",
+    "1q2w3e4r",
+    "1q2w3e4r5t",
+    "iloveyou",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "welcome1",
+    "welcome123",
+    "admin123",
+    "administrator",
+    "letmein1",
+    "trustno1",
+    "abc12345",
+    "abcd1234",
+    "11111111",
+    "00000000",
+    "87654321",
+    "88888888",
+    "asdfghjk",
+    "asdfghjkl",
+    "zxcvbnm1",
+    "superman",
+    "iloveyou1",
+    "starwars",
+    "whatever",
+    "computer",
+    "michelle",
+    "jennifer",
+    "passw0rd",
+    "p@ssw0rd",
+    "p@ssword",
+    "changeme",
+    "changeme1",
+    "mercato123",
+    "shopping",
+    "q1w2e3r4",
+    "1qaz2wsx",
+    "dragon12",
+    "monkey123",
+    "master123",
+    "qazwsxedc",
+    "password!",
+    "aaaaaaaa",
 ];
 
 /// A password fit to be hashed: 8 to 128 characters and not a well-known one.
@@ -82,7 +130,14 @@ pub fn text(field: &str, raw: &str, min: usize, max: usize) -> Result<String, Fi
     let value = raw.trim();
     let length = value.chars().count();
     if length < min {
-        return Err(FieldError::new(field, if min <= 1 { "must not be empty".to_owned() } else { format!("must be at least {min} characters") }));
+        return Err(FieldError::new(
+            field,
+            if min <= 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters")
+            },
+        ));
     }
     if length > max {
         return Err(FieldError::new(field, format!("must be at most {max} characters")));
@@ -136,7 +191,17 @@ mod tests {
     #[test]
     fn emails_are_normalized_and_checked() {
         assert_eq!(Email::parse("  Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "ada@@example.com", "a da@example.com", "ada@.example.com", "ada@example..com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "ada@@example.com",
+            "a da@example.com",
+            "ada@.example.com",
+            "ada@example..com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} must be rejected");
         }
     }
@@ -144,10 +209,16 @@ mod tests {
     #[test]
     fn passwords_need_length_and_must_not_be_common() {
         assert!(Password::parse("password", "short").is_err());
-        assert!(Password::parse("password", "Password123").is_err(), "common passwords are refused whatever the case");
+        assert!(
+            Password::parse("password", "Password123").is_err(),
+            "common passwords are refused whatever the case"
+        );
         assert!(Password::parse("password", &"x".repeat(129)).is_err());
         assert!(Password::parse("password", "correct horse battery").is_ok());
-        assert_eq!(format!("{:?}", Password::parse("p", "correct horse").unwrap()), "Password(***)");
+        assert_eq!(
+            format!("{:?}", Password::parse("p", "correct horse").unwrap()),
+            "Password(***)"
+        );
     }
 
     #[test]

@@ -44,19 +44,26 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     pub fn new(db: Db, clock: SharedClock, access_ttl: Duration) -> Self {
         let retired_grace_ms = i64::try_from((access_ttl + Duration::from_secs(60)).as_millis()).unwrap_or(i64::MAX);
-        Self { db, clock, retired_grace_ms, active: Arc::default() }
+        Self {
+            db,
+            clock,
+            retired_grace_ms,
+            active: Arc::default(),
+        }
     }
 
     /// Creates the first key if there is none.
     pub async fn ensure_active(&self) -> anyhow::Result<()> {
-        let existing: Option<String> = sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
-            .fetch_optional(self.db.reader())
-            .await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
+                .fetch_optional(self.db.reader())
+                .await?;
         if existing.is_none() {
             let mut tx = self.db.begin().await?;
-            let any: Option<String> = sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
+            let any: Option<String> =
+                sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if any.is_none() {
                 self.insert_new(&mut tx).await?;
             }
@@ -81,7 +88,8 @@ impl Keys {
     async fn insert_new(&self, tx: &mut platform::store::Tx) -> anyhow::Result<String> {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("key generation failed"))?;
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("generated key unreadable"))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("generated key unreadable"))?;
         let kid = platform::id::new_id().simple().to_string();
         sqlx::query("INSERT INTO signing_keys (kid, private_pkcs8, public_key, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&kid)
@@ -101,7 +109,11 @@ impl Keys {
         .await?
         .context("no active signing key")?;
         let der = STANDARD.decode(private).context("stored signing key is not base64")?;
-        Ok(ActiveKey { kid, key: EncodingKey::from_ed_der(&der), loaded: Instant::now() })
+        Ok(ActiveKey {
+            kid,
+            key: EncodingKey::from_ed_der(&der),
+            loaded: Instant::now(),
+        })
     }
 
     /// Signs access-token claims with the active key.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod hashing;
 pub mod keys;
 pub mod service;
 pub mod store;

@@ -4,9 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use platform::auth::{Claims, Role};
 use platform::clock::SharedClock;
 use platform::error::{ApiError, FieldError};
@@ -79,30 +76,13 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-fn argon2() -> Argon2<'static> {
-    // OWASP's minimum for argon2id: 19 MiB, 2 passes, 1 lane.
-    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-}
-
-/// Hashes a password on the blocking pool (argon2 takes tens of milliseconds of CPU).
+/// Hashes a password (on the hashing pool: argon2 takes tens of milliseconds of CPU).
 pub async fn hash_password(password: &Password) -> anyhow::Result<String> {
-    let password = password.expose().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        argon2().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
-    })
-    .await?
+    crate::hashing::hash(password.expose()).await
 }
 
 async fn verify_password(password: &str, hash: &str) -> bool {
-    let password = password.to_owned();
-    let hash = hash.to_owned();
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).map(|parsed| argon2().verify_password(password.as_bytes(), &parsed).is_ok()).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+    crate::hashing::verify(password, hash).await
 }
 
 fn validation(errors: Vec<FieldError>) -> Result<(), ApiError> {
@@ -118,12 +98,25 @@ fn ms(duration: Duration) -> i64 {
 }
 
 impl Identity {
-    pub async fn new(db: Db, clock: SharedClock, throttle: Arc<dyn FailureThrottle>, settings: Settings) -> anyhow::Result<Self> {
+    pub async fn new(
+        db: Db,
+        clock: SharedClock,
+        throttle: Arc<dyn FailureThrottle>,
+        settings: Settings,
+    ) -> anyhow::Result<Self> {
         let keys = Keys::new(db.clone(), clock.clone(), settings.access_ttl);
         keys.ensure_active().await?;
         let dummy = Password::parse("password", "dummy password for timing").map_err(|e| anyhow::anyhow!(e.message))?;
         let dummy_hash = Arc::new(hash_password(&dummy).await?);
-        Ok(Self { outbox: Outbox::new(db.clone()), db, keys, clock, throttle, settings, dummy_hash })
+        Ok(Self {
+            outbox: Outbox::new(db.clone()),
+            db,
+            keys,
+            clock,
+            throttle,
+            settings,
+            dummy_hash,
+        })
     }
 
     pub fn db(&self) -> &Db {
@@ -148,7 +141,13 @@ impl Identity {
         Ok(())
     }
 
-    async fn enqueue(tx: &mut Tx, kind: &str, subject: &str, data: serde_json::Value, correlation: Option<&str>) -> Result<(), ApiError> {
+    async fn enqueue(
+        tx: &mut Tx,
+        kind: &str,
+        subject: &str,
+        data: serde_json::Value,
+        correlation: Option<&str>,
+    ) -> Result<(), ApiError> {
         outbox::enqueue(tx, &Event::new(SERVICE, kind, subject, data, correlation)).await?;
         Ok(())
     }
@@ -164,13 +163,21 @@ impl Identity {
         role: Role,
         correlation: Option<&str>,
     ) -> Result<UserRow, ApiError> {
-        let (email, full_name, password) =
-            match (Email::parse(email), domain::text("full_name", full_name, 1, 100), Password::parse("password", password)) {
-                (Ok(email), Ok(full_name), Ok(password)) => (email, full_name, password),
-                (email, full_name, password) => {
-                    return Err(ApiError::Validation([email.err(), full_name.err(), password.err()].into_iter().flatten().collect()))
-                }
-            };
+        let (email, full_name, password) = match (
+            Email::parse(email),
+            domain::text("full_name", full_name, 1, 100),
+            Password::parse("password", password),
+        ) {
+            (Ok(email), Ok(full_name), Ok(password)) => (email, full_name, password),
+            (email, full_name, password) => {
+                return Err(ApiError::Validation(
+                    [email.err(), full_name.err(), password.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                ))
+            }
+        };
         let password_hash = hash_password(&password).await?;
         let now = self.now();
         let user = UserRow {
@@ -211,7 +218,15 @@ impl Identity {
         let token = domain::new_secret();
         let expires_at = now + ms(self.settings.verification_ttl);
         store::void_one_time_tokens(tx, &user.id, PURPOSE_VERIFY, now).await?;
-        store::insert_one_time_token(tx, &domain::secret_hash(&token), &user.id, PURPOSE_VERIFY, now, expires_at).await?;
+        store::insert_one_time_token(
+            tx,
+            &domain::secret_hash(&token),
+            &user.id,
+            PURPOSE_VERIFY,
+            now,
+            expires_at,
+        )
+        .await?;
         // The token travels to the notifications service in the event (never into a log line).
         Self::enqueue(
             tx,
@@ -225,8 +240,15 @@ impl Identity {
     }
 
     /// Checks credentials and opens a session. Throttled per account and per client IP.
-    pub async fn login(&self, email: &str, password: &str, client_ip: Option<&str>) -> Result<(UserRow, Session), ApiError> {
-        let email = Email::parse(email).map(|e| e.as_str().to_owned()).unwrap_or_else(|_| email.trim().to_lowercase());
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client_ip: Option<&str>,
+    ) -> Result<(UserRow, Session), ApiError> {
+        let email = Email::parse(email)
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_else(|_| email.trim().to_lowercase());
         let account_key = format!("login:account:{email}");
         let ip_key = client_ip.map(|ip| format!("login:ip:{ip}"));
         for key in std::iter::once(&account_key).chain(ip_key.as_ref()) {
@@ -238,7 +260,9 @@ impl Identity {
             }
         }
         let user = store::user_by_email(self.db.reader(), &email).await?;
-        let hash = user.as_ref().map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        let hash = user
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let matches = verify_password(password, hash).await;
         let Some(user) = user.filter(|_| matches) else {
             self.throttle.record_failure(&account_key).await;
@@ -252,7 +276,9 @@ impl Identity {
         }
         self.throttle.reset(&account_key).await;
         let mut tx = self.db.begin().await?;
-        let session = self.open_session(&mut tx, &user, &platform::id::new_id().to_string()).await?;
+        let session = self
+            .open_session(&mut tx, &user, &platform::id::new_id().to_string())
+            .await?;
         tx.commit().await?;
         Ok((user, session))
     }
@@ -261,8 +287,15 @@ impl Identity {
     async fn open_session(&self, tx: &mut Tx, user: &UserRow, family: &str) -> Result<Session, ApiError> {
         let now = self.now();
         let refresh_token = domain::new_secret();
-        store::insert_refresh_token(tx, family, &user.id, &domain::secret_hash(&refresh_token), now, now + ms(self.settings.refresh_ttl))
-            .await?;
+        store::insert_refresh_token(
+            tx,
+            family,
+            &user.id,
+            &domain::secret_hash(&refresh_token),
+            now,
+            now + ms(self.settings.refresh_ttl),
+        )
+        .await?;
         let role = Role::parse(&user.role).unwrap_or(Role::Customer);
         let claims = Claims {
             iss: self.settings.issuer.clone(),
@@ -274,7 +307,11 @@ impl Identity {
             sid: family.to_owned(),
         };
         let access_token = self.keys.sign(&claims).await?;
-        Ok(Session { access_token, refresh_token, expires_in: self.settings.access_ttl.as_secs() })
+        Ok(Session {
+            access_token,
+            refresh_token,
+            expires_in: self.settings.access_ttl.as_secs(),
+        })
     }
 
     /// Rotates a refresh token. A token used twice means it leaked: the whole session family
@@ -283,7 +320,9 @@ impl Identity {
         let unauthorized = || ApiError::Unauthorized("invalid or expired refresh token".to_owned());
         let now = self.now();
         let mut tx = self.db.begin().await?;
-        let row = store::refresh_token_by_hash(&mut *tx, &domain::secret_hash(refresh_token)).await?.ok_or_else(unauthorized)?;
+        let row = store::refresh_token_by_hash(&mut *tx, &domain::secret_hash(refresh_token))
+            .await?
+            .ok_or_else(unauthorized)?;
         if row.revoked_at.is_some() || row.expires_at <= now {
             return Err(unauthorized());
         }
@@ -293,7 +332,9 @@ impl Identity {
             tracing::warn!(user_id = %row.user_id, family = %row.family_id, revoked, "refresh token reused; session family revoked");
             return Err(unauthorized());
         }
-        let user = store::user_by_id_tx(&mut tx, &row.user_id).await?.ok_or_else(unauthorized)?;
+        let user = store::user_by_id_tx(&mut tx, &row.user_id)
+            .await?
+            .ok_or_else(unauthorized)?;
         if user.disabled_at.is_some() {
             return Err(ApiError::Forbidden("this account is disabled".to_owned()));
         }
@@ -315,7 +356,9 @@ impl Identity {
     /// Starts a password reset. Answers the same whether or not the email has an account.
     pub async fn forgot_password(&self, email: &str, correlation: Option<&str>) -> Result<(), ApiError> {
         let Ok(email) = Email::parse(email) else { return Ok(()) };
-        let Some(user) = store::user_by_email(self.db.reader(), email.as_str()).await? else { return Ok(()) };
+        let Some(user) = store::user_by_email(self.db.reader(), email.as_str()).await? else {
+            return Ok(());
+        };
         if user.disabled_at.is_some() {
             return Ok(());
         }
@@ -324,7 +367,15 @@ impl Identity {
         let expires_at = now + ms(self.settings.reset_ttl);
         let mut tx = self.db.begin().await?;
         store::void_one_time_tokens(&mut tx, &user.id, PURPOSE_RESET, now).await?;
-        store::insert_one_time_token(&mut tx, &domain::secret_hash(&token), &user.id, PURPOSE_RESET, now, expires_at).await?;
+        store::insert_one_time_token(
+            &mut tx,
+            &domain::secret_hash(&token),
+            &user.id,
+            PURPOSE_RESET,
+            now,
+            expires_at,
+        )
+        .await?;
         Self::enqueue(
             &mut tx,
             "user.password_reset_requested",
@@ -374,7 +425,9 @@ impl Identity {
     // ----- profile ----------------------------------------------------------------------------
 
     pub async fn user(&self, id: Uuid) -> Result<UserRow, ApiError> {
-        store::user_by_id(self.db.reader(), &id.to_string()).await?.ok_or_else(|| ApiError::not_found("user"))
+        store::user_by_id(self.db.reader(), &id.to_string())
+            .await?
+            .ok_or_else(|| ApiError::not_found("user"))
     }
 
     pub async fn update_profile(&self, id: Uuid, full_name: Option<&str>) -> Result<UserRow, ApiError> {
@@ -415,28 +468,45 @@ impl Identity {
 
     /// Creates (`id` = None) or updates an address of the user. The first address, and any
     /// marked default, becomes the default; the previous default stops being one.
-    pub async fn save_address(&self, user_id: Uuid, id: Option<Uuid>, input: AddressInput) -> Result<AddressRow, ApiError> {
+    pub async fn save_address(
+        &self,
+        user_id: Uuid,
+        id: Option<Uuid>,
+        input: AddressInput,
+    ) -> Result<AddressRow, ApiError> {
         let user_id = user_id.to_string();
         let now = self.now();
         let mut tx = self.db.begin().await?;
         let existing = match id {
-            Some(id) => Some(store::address_of(&mut *tx, &user_id, &id.to_string()).await?.ok_or_else(|| ApiError::not_found("address"))?),
+            Some(id) => Some(
+                store::address_of(&mut *tx, &user_id, &id.to_string())
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("address"))?,
+            ),
             None => None,
         };
         let count = store::count_addresses(&mut tx, &user_id).await?;
         if existing.is_none() && count >= MAX_ADDRESSES {
-            return Err(ApiError::Unprocessable(format!("an account can keep at most {MAX_ADDRESSES} addresses")));
+            return Err(ApiError::Unprocessable(format!(
+                "an account can keep at most {MAX_ADDRESSES} addresses"
+            )));
         }
         let address = merge_address(existing.as_ref(), input.clone(), &user_id, now)?;
         let make_default = input.is_default == Some(true) || count == 0;
         let was_default = existing.as_ref().is_some_and(|a| a.is_default == 1);
         if input.is_default == Some(false) && was_default {
-            return Err(ApiError::validation("is_default", "make another address the default instead"));
+            return Err(ApiError::validation(
+                "is_default",
+                "make another address the default instead",
+            ));
         }
         if make_default && !was_default {
             store::clear_default_address(&mut tx, &user_id).await?;
         }
-        let address = AddressRow { is_default: i64::from(make_default || was_default), ..address };
+        let address = AddressRow {
+            is_default: i64::from(make_default || was_default),
+            ..address
+        };
         store::upsert_address(&mut tx, &address).await?;
         tx.commit().await?;
         Ok(address)
@@ -446,7 +516,9 @@ impl Identity {
     pub async fn delete_address(&self, user_id: Uuid, id: Uuid) -> Result<(), ApiError> {
         let user_id = user_id.to_string();
         let mut tx = self.db.begin().await?;
-        let address = store::address_of(&mut *tx, &user_id, &id.to_string()).await?.ok_or_else(|| ApiError::not_found("address"))?;
+        let address = store::address_of(&mut *tx, &user_id, &id.to_string())
+            .await?
+            .ok_or_else(|| ApiError::not_found("address"))?;
         store::delete_address(&mut tx, &user_id, &address.id).await?;
         if address.is_default == 1 {
             store::promote_latest_address(&mut tx, &user_id, self.now()).await?;
@@ -459,7 +531,13 @@ impl Identity {
 
     pub async fn list_users(&self, search: Option<&str>, page: &PageRequest) -> Result<Page<UserRow>, ApiError> {
         let search = search.map(str::trim).filter(|s| !s.is_empty()).map(str::to_lowercase);
-        let rows = store::list_users(self.db.reader(), search.as_deref(), page.after.as_deref(), page.fetch_limit()).await?;
+        let rows = store::list_users(
+            self.db.reader(),
+            search.as_deref(),
+            page.after.as_deref(),
+            page.fetch_limit(),
+        )
+        .await?;
         Ok(Page::from_rows(rows, page, |u| u.id.clone()))
     }
 
@@ -475,7 +553,9 @@ impl Identity {
     ) -> Result<UserRow, ApiError> {
         let user = self.user(id).await?;
         if actor == id && (role.is_some_and(|r| r != Role::Admin) || disabled == Some(true)) {
-            return Err(ApiError::Unprocessable("admins cannot demote or disable their own account".to_owned()));
+            return Err(ApiError::Unprocessable(
+                "admins cannot demote or disable their own account".to_owned(),
+            ));
         }
         let now = self.now();
         let role = role.map_or(user.role.clone(), |r| r.as_str().to_owned());
@@ -487,7 +567,9 @@ impl Identity {
         let mut tx = self.db.begin().await?;
         let version = expected_version.unwrap_or(user.version);
         if !store::admin_update_user(&mut tx, &user.id, &role, disabled_at, version, now).await? {
-            return Err(ApiError::Conflict("the user was changed by someone else; reload and retry".to_owned()));
+            return Err(ApiError::Conflict(
+                "the user was changed by someone else; reload and retry".to_owned(),
+            ));
         }
         if disabled_at.is_some() {
             store::revoke_user_sessions(&mut tx, &user.id, now).await?;
@@ -498,7 +580,12 @@ impl Identity {
 }
 
 /// Applies `input` over `existing` (or over nothing, for a new address) and validates the result.
-fn merge_address(existing: Option<&AddressRow>, input: AddressInput, user_id: &str, now: i64) -> Result<AddressRow, ApiError> {
+fn merge_address(
+    existing: Option<&AddressRow>,
+    input: AddressInput,
+    user_id: &str,
+    now: i64,
+) -> Result<AddressRow, ApiError> {
     let mut errors = Vec::new();
     let mut required = |field: &str, new: Option<String>, old: Option<&String>, max: usize| -> String {
         match new.or_else(|| old.cloned()) {
@@ -541,7 +628,10 @@ fn merge_address(existing: Option<&AddressRow>, input: AddressInput, user_id: &s
     };
     if let Some(phone) = &phone {
         if !phone.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c)) {
-            errors.push(FieldError::new("phone", "may hold digits, spaces, +, - and parentheses only"));
+            errors.push(FieldError::new(
+                "phone",
+                "may hold digits, spaces, +, - and parentheses only",
+            ));
         }
     }
     validation(errors)?;

@@ -82,41 +82,59 @@ const USER_COLUMNS: &str =
     "id, email, full_name, password_hash, role, email_verified_at, disabled_at, created_at, updated_at, version";
 
 pub async fn insert_user(tx: &mut Tx, user: &UserRow) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.full_name)
-        .bind(&user.password_hash)
-        .bind(&user.role)
-        .bind(user.email_verified_at)
-        .bind(user.disabled_at)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(user.version)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(&user.id)
+    .bind(&user.email)
+    .bind(&user.full_name)
+    .bind(&user.password_hash)
+    .bind(&user.role)
+    .bind(user.email_verified_at)
+    .bind(user.disabled_at)
+    .bind(user.created_at)
+    .bind(user.updated_at)
+    .bind(user.version)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 pub async fn user_by_email(pool: &AnyPool, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1")).bind(email).fetch_optional(pool).await
+    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
+        .bind(email)
+        .fetch_optional(pool)
+        .await
 }
 
 pub async fn user_by_id(pool: &AnyPool, id: &str) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")).bind(id).fetch_optional(pool).await
+    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 pub async fn user_by_id_tx(tx: &mut Tx, id: &str) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")).bind(id).fetch_optional(&mut **tx).await
+    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 pub async fn admin_exists(pool: &AnyPool) -> Result<bool, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'").fetch_one(pool).await?;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+        .fetch_one(pool)
+        .await?;
     Ok(n > 0)
 }
 
 /// Users ordered by id (creation order), after the cursor, optionally whose email contains `search`.
-pub async fn list_users(pool: &AnyPool, search: Option<&str>, after: Option<&str>, limit: i64) -> Result<Vec<UserRow>, sqlx::Error> {
+pub async fn list_users(
+    pool: &AnyPool,
+    search: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UserRow>, sqlx::Error> {
     let pattern = search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
     sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users
@@ -218,19 +236,22 @@ pub async fn refresh_token_by_hash<'e, E>(executor: E, token_hash: &str) -> Resu
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query_as("SELECT id, family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1")
-        .bind(token_hash)
-        .fetch_optional(executor)
-        .await
+    sqlx::query_as(
+        "SELECT id, family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(executor)
+    .await
 }
 
 /// Marks a refresh token used if nobody has used it yet; answers whether this call did.
 pub async fn use_refresh_token(tx: &mut Tx, id: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL")
-        .bind(now)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    let updated =
+        sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
     Ok(updated.rows_affected() == 1)
 }
 
@@ -275,7 +296,12 @@ pub async fn insert_one_time_token(
 }
 
 /// Spends a one-time token if it is unused and unexpired; answers its user.
-pub async fn spend_one_time_token(tx: &mut Tx, token_hash: &str, purpose: &str, now: i64) -> Result<Option<String>, sqlx::Error> {
+pub async fn spend_one_time_token(
+    tx: &mut Tx,
+    token_hash: &str,
+    purpose: &str,
+    now: i64,
+) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE one_time_tokens SET used_at = $1
          WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $1
@@ -321,25 +347,32 @@ const ADDRESS_COLUMNS: &str =
     "id, user_id, label, full_name, phone, line1, line2, city, region, postal_code, country, is_default, created_at, updated_at";
 
 pub async fn addresses_of(pool: &AnyPool, user_id: &str) -> Result<Vec<AddressRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 ORDER BY is_default DESC, id"))
-        .bind(user_id)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 ORDER BY is_default DESC, id"
+    ))
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn address_of<'e, E>(executor: E, user_id: &str, id: &str) -> Result<Option<AddressRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query_as(&format!("SELECT {ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 AND id = $2"))
-        .bind(user_id)
-        .bind(id)
-        .fetch_optional(executor)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 AND id = $2"
+    ))
+    .bind(user_id)
+    .bind(id)
+    .fetch_optional(executor)
+    .await
 }
 
 pub async fn count_addresses(tx: &mut Tx, user_id: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM addresses WHERE user_id = $1").bind(user_id).fetch_one(&mut **tx).await
+    sqlx::query_scalar("SELECT COUNT(*) FROM addresses WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await
 }
 
 pub async fn upsert_address(tx: &mut Tx, a: &AddressRow) -> Result<(), sqlx::Error> {
@@ -370,12 +403,19 @@ pub async fn upsert_address(tx: &mut Tx, a: &AddressRow) -> Result<(), sqlx::Err
 }
 
 pub async fn clear_default_address(tx: &mut Tx, user_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE addresses SET is_default = 0 WHERE user_id = $1 AND is_default = 1").bind(user_id).execute(&mut **tx).await?;
+    sqlx::query("UPDATE addresses SET is_default = 0 WHERE user_id = $1 AND is_default = 1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 pub async fn delete_address(tx: &mut Tx, user_id: &str, id: &str) -> Result<bool, sqlx::Error> {
-    let deleted = sqlx::query("DELETE FROM addresses WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&mut **tx).await?;
+    let deleted = sqlx::query("DELETE FROM addresses WHERE user_id = $1 AND id = $2")
+        .bind(user_id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     Ok(deleted.rows_affected() == 1)
 }
 

@@ -43,7 +43,11 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { clock: Arc::new(SystemClock), extension_consumers: Vec::new(), mode: gateway::EdgeMode::Gateway }
+        Self {
+            clock: Arc::new(SystemClock),
+            extension_consumers: Vec::new(),
+            mode: gateway::EdgeMode::Gateway,
+        }
     }
 }
 
@@ -77,8 +81,13 @@ impl std::fmt::Debug for App {
 
 pub async fn open_db(config: &Config, service: &str) -> anyhow::Result<Db> {
     let url = config.database_url(service);
-    let options = DbOptions { max_connections: config.database.max_connections, ..DbOptions::default() };
-    Db::connect(&url, &options).await.with_context(|| format!("cannot open the {service} database"))
+    let options = DbOptions {
+        max_connections: config.database.max_connections,
+        ..DbOptions::default()
+    };
+    Db::connect(&url, &options)
+        .await
+        .with_context(|| format!("cannot open the {service} database"))
 }
 
 /// Opens and migrates the identity database.
@@ -118,7 +127,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.info.description = Some("Mercato's public REST API. Errors are RFC 9457 problem+json.".to_owned());
     doc.components.get_or_insert_with(Default::default).add_security_scheme(
         "bearer",
-        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .build(),
+        ),
     );
     doc
 }
@@ -145,14 +159,20 @@ impl App {
                     subject_prefix: config.bus.nats_subject_prefix.clone(),
                     ..NatsConfig::new(&config.bus.nats_url)
                 };
-                (Arc::new(NatsBus::connect(nats, cancel.clone()).await?), None, Vec::new())
+                (
+                    Arc::new(NatsBus::connect(nats, cancel.clone()).await?),
+                    None,
+                    Vec::new(),
+                )
             }
         };
 
         let identity_db = identity_db(&config).await?;
         dbs.push(identity_db.clone());
         let identity = Arc::new(build_identity(&config, identity_db.clone(), clock.clone()).await?);
-        identity.outbox().spawn_relay(identity::SERVICE, bus.clone(), cancel.clone());
+        identity
+            .outbox()
+            .spawn_relay(identity::SERVICE, bus.clone(), cancel.clone());
         let created_admin = ensure_admin(&config, &identity).await?;
 
         let mut dead_letters = DeadLetters::default();
@@ -161,21 +181,27 @@ impl App {
             db.migrate("platform", PLATFORM_MIGRATIONS).await?;
             for extension in &options.extension_consumers {
                 let types: Vec<&str> = extension.types.iter().map(String::as_str).collect();
-                dead_letters.register(IdempotentConsumer::new(extension.name.clone(), db.clone(), extension.handler.clone()), &types);
+                dead_letters.register(
+                    IdempotentConsumer::new(extension.name.clone(), db.clone(), extension.handler.clone()),
+                    &types,
+                );
             }
             dbs.push(db);
         }
         dead_letters.start(bus.as_ref(), config.retry_policy()).await?;
         let dead_letters = Arc::new(dead_letters);
 
-        let verifier = Arc::new(TokenVerifier::new(Arc::new(identity.keys().clone()), &config.auth.issuer, &config.auth.audience));
+        let verifier = Arc::new(TokenVerifier::new(
+            Arc::new(identity.keys().clone()),
+            &config.auth.issuer,
+            &config.auth.audience,
+        ));
         let mut checks = HealthChecks::default();
-        for (name, db) in [("identity_db", identity_db.clone())] {
-            checks.add(name, move || {
-                let db = db.clone();
-                async move { db.ping().await.map_err(Into::into) }
-            });
-        }
+        let db_for_health = identity_db.clone();
+        checks.add("identity_db", move || {
+            let db = db_for_health.clone();
+            async move { db.ping().await.map_err(Into::into) }
+        });
         let bus_for_health = bus.clone();
         checks.add("bus", move || {
             let bus = bus_for_health.clone();
@@ -209,7 +235,17 @@ impl App {
             verifier,
         };
         let router = edge.wrap(routes);
-        Ok(Self { config, router, identity, bus, log_bus, dead_letters, created_admin, cancel, dbs })
+        Ok(Self {
+            config,
+            router,
+            identity,
+            bus,
+            log_bus,
+            dead_letters,
+            created_admin,
+            cancel,
+            dbs,
+        })
     }
 
     /// Stops background work and closes the databases.
@@ -227,7 +263,10 @@ async fn ensure_admin(config: &Config, identity: &Identity) -> anyhow::Result<Op
     if identity::store::admin_exists(identity.db().reader()).await? {
         return Ok(None);
     }
-    let email = config.admin_email.clone().unwrap_or_else(|| "admin@mercato.local".to_owned());
+    let email = config
+        .admin_email
+        .clone()
+        .unwrap_or_else(|| "admin@mercato.local".to_owned());
     let (password, generated) = match &config.admin_password {
         Some(password) => (password.clone(), None),
         None => {
@@ -239,5 +278,8 @@ async fn ensure_admin(config: &Config, identity: &Identity) -> anyhow::Result<Op
         .create_user(&email, "Administrator", &password, Role::Admin, None)
         .await
         .map_err(|err| anyhow::anyhow!("cannot create the first admin account: {err}"))?;
-    Ok(Some(CreatedAdmin { email, generated_password: generated }))
+    Ok(Some(CreatedAdmin {
+        email,
+        generated_password: generated,
+    }))
 }

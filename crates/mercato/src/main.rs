@@ -12,7 +12,11 @@ use platform::clock::SystemClock;
 use platform::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "mercato", version, about = "An e-commerce platform: one binary today, separate services tomorrow.")]
+#[command(
+    name = "mercato",
+    version,
+    about = "An e-commerce platform: one binary today, separate services tomorrow."
+)]
 struct Cli {
     /// A TOML configuration file (default: ./mercato.toml when it exists).
     #[arg(long, global = true)]
@@ -101,8 +105,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_all(config: Config, options: AppOptions) -> anyhow::Result<()> {
     let app = App::start(config.clone(), options).await?;
-    let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().context("invalid host or port")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
+        .parse()
+        .context("invalid host or port")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let url = config.public_url();
     println!("Mercato is running at {url}");
     println!("  API docs:  {url}/api/docs");
@@ -126,7 +134,16 @@ async fn run_all(config: Config, options: AppOptions) -> anyhow::Result<()> {
 async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
     match service {
         // Identity's routes, health and metrics without the gateway's edge checks.
-        "identity" => run_all(config, AppOptions { mode: gateway::EdgeMode::Service, ..AppOptions::default() }).await,
+        "identity" => {
+            run_all(
+                config,
+                AppOptions {
+                    mode: gateway::EdgeMode::Service,
+                    ..AppOptions::default()
+                },
+            )
+            .await
+        }
         other => anyhow::bail!("unknown service `{other}`; available: {}", SERVICES.join(", ")),
     }
 }
@@ -193,13 +210,21 @@ async fn admin(config: &Config, task: AdminTask) -> anyhow::Result<()> {
     let db = app::identity_db(config).await?;
     let identity = app::build_identity(config, db.clone(), Arc::new(SystemClock)).await?;
     match task {
-        AdminTask::CreateUser { email, password, name, role } => {
+        AdminTask::CreateUser {
+            email,
+            password,
+            name,
+            role,
+        } => {
             let role = Role::parse(&role).context("role must be customer, seller, admin or delivery_agent")?;
             let (password, generated) = match password {
                 Some(password) => (password, false),
                 None => (identity::domain::generated_password(), true),
             };
-            let user = identity.create_user(&email, &name, &password, role, None).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            let user = identity
+                .create_user(&email, &name, &password, role, None)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             println!("created {} ({}) with role {}", user.email, user.id, user.role);
             if generated {
                 println!("password: {password}");

@@ -97,7 +97,15 @@ pub struct HttpJwks {
 #[async_trait]
 impl JwksSource for HttpJwks {
     async fn fetch(&self) -> anyhow::Result<JwkSet> {
-        Ok(self.client.get(&self.url).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await?)
+        Ok(self
+            .client
+            .get(&self.url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 }
 
@@ -131,7 +139,10 @@ pub struct TokenVerifier {
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier").field("issuer", &self.issuer).field("audience", &self.audience).finish()
+        f.debug_struct("TokenVerifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
     }
 }
 
@@ -177,7 +188,11 @@ impl TokenVerifier {
             return Err(TokenError::UnknownKid);
         }
         *last_fetch = Some(Instant::now());
-        let set = self.source.fetch().await.map_err(|err| TokenError::KeysUnavailable(err.to_string()))?;
+        let set = self
+            .source
+            .fetch()
+            .await
+            .map_err(|err| TokenError::KeysUnavailable(err.to_string()))?;
         let mut keys = HashMap::new();
         for jwk in set.keys.iter().filter(|k| k.kty == "OKP" && k.crv == "Ed25519") {
             match DecodingKey::from_ed_components(&jwk.x) {
@@ -220,7 +235,10 @@ impl CurrentUser {
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Verifies the request's token with the [`TokenVerifier`] the router carries as an extension.
@@ -235,7 +253,11 @@ pub async fn authenticate(parts: &Parts) -> Result<CurrentUser, ApiError> {
         ApiError::Unauthorized("invalid or expired access token".to_owned())
     })?;
     let id = Uuid::parse_str(&claims.sub).map_err(|_| ApiError::Unauthorized("invalid access token".to_owned()))?;
-    Ok(CurrentUser { id, role: claims.role, session_id: claims.sid })
+    Ok(CurrentUser {
+        id,
+        role: claims.role,
+        session_id: claims.sid,
+    })
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {

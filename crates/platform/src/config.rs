@@ -152,19 +152,30 @@ impl Default for AuthConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { body_limit_bytes: 1024 * 1024, request_timeout_secs: 30, cors_origins: Vec::new() }
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            cors_origins: Vec::new(),
+        }
     }
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self { enabled: true, per_user_per_minute: 100, per_ip_per_minute: 300 }
+        Self {
+            enabled: true,
+            per_user_per_minute: 100,
+            per_ip_per_minute: 300,
+        }
     }
 }
 
 impl Default for LoginThrottleConfig {
     fn default() -> Self {
-        Self { max_failures: 5, base_lockout_secs: 30 }
+        Self {
+            max_failures: 5,
+            base_lockout_secs: 30,
+        }
     }
 }
 
@@ -183,13 +194,19 @@ impl Default for BusConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { max_connections: 10, urls: BTreeMap::new() }
+        Self {
+            max_connections: 10,
+            urls: BTreeMap::new(),
+        }
     }
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
-        Self { password_reset_ttl_secs: 3600, email_verification_ttl_secs: 24 * 3600 }
+        Self {
+            password_reset_ttl_secs: 3600,
+            email_verification_ttl_secs: 24 * 3600,
+        }
     }
 }
 
@@ -201,7 +218,10 @@ impl Config {
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
             None => figment = figment.merge(Toml::file("mercato.toml")),
         }
-        figment.merge(Env::prefixed("MERCATO_").split("__")).extract().map_err(Box::new)
+        figment
+            .merge(Env::prefixed("MERCATO_").split("__"))
+            .extract()
+            .map_err(Box::new)
     }
 
     /// The database URL of `service`.
@@ -214,7 +234,9 @@ impl Config {
     }
 
     pub fn public_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{}:{}", self.host, self.port))
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", self.host, self.port))
     }
 
     pub fn retry_policy(&self) -> crate::bus::RetryPolicy {
@@ -235,13 +257,19 @@ impl Config {
         }
         for service in ["identity"] {
             if self.database_url(service).starts_with("sqlite:") {
-                problems.push(format!("{service} uses SQLite; set MERCATO_DATABASE__URLS__{}", service.to_uppercase()));
+                problems.push(format!(
+                    "{service} uses SQLite; set MERCATO_DATABASE__URLS__{}",
+                    service.to_uppercase()
+                ));
             }
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(format!("the production profile refuses this configuration: {}", problems.join("; ")))
+            Err(format!(
+                "the production profile refuses this configuration: {}",
+                problems.join("; ")
+            ))
         }
     }
 }
@@ -266,6 +294,8 @@ fn text_or_scalar<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<O
 }
 
 #[cfg(test)]
+// `figment::Jail` closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -296,8 +326,14 @@ mod tests {
 
     #[test]
     fn production_refuses_embedded_backends() {
-        let config = Config { profile: Profile::Production, ..Config::default() };
+        let config = Config {
+            profile: Profile::Production,
+            ..Config::default()
+        };
         let err = config.check_production().unwrap_err();
-        assert!(err.contains("MERCATO_BUS__KIND") && err.contains("MERCATO_DATABASE__URLS__IDENTITY"), "{err}");
+        assert!(
+            err.contains("MERCATO_BUS__KIND") && err.contains("MERCATO_DATABASE__URLS__IDENTITY"),
+            "{err}"
+        );
     }
 }

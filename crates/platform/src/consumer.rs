@@ -37,7 +37,11 @@ pub struct IdempotentConsumer {
 
 impl IdempotentConsumer {
     pub fn new(name: impl Into<String>, db: Db, handler: Arc<dyn EventHandler>) -> Self {
-        Self { name: name.into(), db, handler }
+        Self {
+            name: name.into(),
+            db,
+            handler,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -120,7 +124,18 @@ pub struct DeadLetter {
     pub event: serde_json::Value,
 }
 
-type DeadLetterRow = (String, String, String, String, String, String, i64, i64, Option<i64>, Option<String>);
+type DeadLetterRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
 
 impl DeadLetter {
     fn from_row(row: DeadLetterRow) -> Self {
@@ -166,7 +181,9 @@ pub struct DeadLetters {
 
 impl std::fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetters").field("consumers", &self.consumers.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("DeadLetters")
+            .field("consumers", &self.consumers.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -202,14 +219,19 @@ impl DeadLetters {
             let sql = format!(
                 "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE replayed_at IS NULL AND id < $1 ORDER BY id DESC LIMIT $2"
             );
-            let mut found: Vec<DeadLetterRow> =
-                sqlx::query_as(&sql).bind(&after).bind(page.fetch_limit()).fetch_all(db.reader()).await?;
+            let mut found: Vec<DeadLetterRow> = sqlx::query_as(&sql)
+                .bind(&after)
+                .bind(page.fetch_limit())
+                .fetch_all(db.reader())
+                .await?;
             rows.append(&mut found);
         }
         rows.sort_by(|a, b| b.0.cmp(&a.0));
         rows.truncate(page.fetch_limit() as usize);
         let items = rows.into_iter().map(DeadLetter::from_row).collect();
-        Ok(Page::from_rows(items, page, |letter: &DeadLetter| letter.id.to_string()))
+        Ok(Page::from_rows(items, page, |letter: &DeadLetter| {
+            letter.id.to_string()
+        }))
     }
 
     /// Open dead letters across every database.
@@ -227,7 +249,10 @@ impl DeadLetters {
     async fn find(&self, id: Uuid) -> anyhow::Result<Option<(Db, DeadLetterRow)>> {
         let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1");
         for db in &self.dbs {
-            let row: Option<DeadLetterRow> = sqlx::query_as(&sql).bind(id.to_string()).fetch_optional(db.reader()).await?;
+            let row: Option<DeadLetterRow> = sqlx::query_as(&sql)
+                .bind(id.to_string())
+                .fetch_optional(db.reader())
+                .await?;
             if let Some(row) = row {
                 return Ok(Some((db.clone(), row)));
             }
@@ -246,7 +271,8 @@ impl DeadLetters {
             .consumers
             .get(&row.1)
             .ok_or_else(|| ApiError::Unprocessable(format!("consumer `{}` does not run in this process", row.1)))?;
-        let event = Event::from_json(&row.4).map_err(|err| ApiError::Unprocessable(format!("the stored event is unreadable: {err}")))?;
+        let event = Event::from_json(&row.4)
+            .map_err(|err| ApiError::Unprocessable(format!("the stored event is unreadable: {err}")))?;
         match consumer.process(&event).await {
             Ok(_) => {
                 sqlx::query("UPDATE dead_letters SET replayed_at = $1, replay_error = NULL WHERE id = $2")
@@ -262,7 +288,10 @@ impl DeadLetters {
                     .bind(id.to_string())
                     .execute(db.writer())
                     .await?;
-                return Err(ApiError::Unprocessable(format!("the replay failed again: {}", truncate(&error, 300))));
+                return Err(ApiError::Unprocessable(format!(
+                    "the replay failed again: {}",
+                    truncate(&error, 300)
+                )));
             }
         }
         let (_, row) = self.find(id).await?.ok_or_else(|| ApiError::not_found("dead letter"))?;

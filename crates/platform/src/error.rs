@@ -20,7 +20,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -66,7 +69,11 @@ pub enum ApiError {
 }
 
 fn describe_fields(fields: &[FieldError]) -> String {
-    fields.iter().map(|f| format!("`{}` {}", f.field, f.message)).collect::<Vec<_>>().join("; ")
+    fields
+        .iter()
+        .map(|f| format!("`{}` {}", f.field, f.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ApiError {

@@ -69,7 +69,13 @@ mod tests {
 
     #[test]
     fn envelope_has_cloudevents_fields() {
-        let event = Event::new("identity", "user.registered", "u-1", serde_json::json!({"a": 1}), Some("corr"));
+        let event = Event::new(
+            "identity",
+            "user.registered",
+            "u-1",
+            serde_json::json!({"a": 1}),
+            Some("corr"),
+        );
         let json: serde_json::Value = serde_json::from_str(&event.to_json()).unwrap();
         assert_eq!(json["specversion"], "1.0");
         assert_eq!(json["type"], "user.registered");

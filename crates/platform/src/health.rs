@@ -63,7 +63,11 @@ impl HealthChecks {
                     let checks = self.clone();
                     async move {
                         let (healthy, results) = checks.run().await;
-                        let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                        let status = if healthy {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
                         let body = json!({"status": if healthy { "ok" } else { "unavailable" }, "checks": results});
                         (status, Json(body)).into_response()
                     }

@@ -42,8 +42,12 @@ pub enum CallError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One trial call is in flight; others are refused until it ends.
     HalfOpen,
 }
@@ -59,7 +63,11 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(threshold: u32, open_for: Duration) -> Self {
-        Self { state: Mutex::new(BreakerState::Closed { failures: 0 }), threshold: threshold.max(1), open_for }
+        Self {
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            threshold: threshold.max(1),
+            open_for,
+        }
     }
 
     /// May a call go out now?
@@ -82,12 +90,17 @@ impl CircuitBreaker {
             (BreakerState::Closed { failures }, false) if failures + 1 < self.threshold => {
                 BreakerState::Closed { failures: failures + 1 }
             }
-            (_, false) => BreakerState::Open { until: Instant::now() + self.open_for },
+            (_, false) => BreakerState::Open {
+                until: Instant::now() + self.open_for,
+            },
         };
     }
 
     pub fn is_open(&self) -> bool {
-        self.state.lock().map(|s| !matches!(*s, BreakerState::Closed { .. })).unwrap_or(false)
+        self.state
+            .lock()
+            .map(|s| !matches!(*s, BreakerState::Closed { .. }))
+            .unwrap_or(false)
     }
 }
 
@@ -102,9 +115,17 @@ pub struct ServiceClient {
 
 impl ServiceClient {
     pub fn new(base_url: &str, policy: ClientPolicy) -> Self {
-        let http = reqwest::Client::builder().timeout(policy.timeout).build().unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .build()
+            .unwrap_or_default();
         let breaker = CircuitBreaker::new(policy.failure_threshold, policy.open_for);
-        Self { base_url: base_url.trim_end_matches('/').to_owned(), http, policy, breaker }
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            http,
+            policy,
+            breaker,
+        }
     }
 
     pub fn breaker(&self) -> &CircuitBreaker {
@@ -119,7 +140,10 @@ impl ServiceClient {
         body: Option<&serde_json::Value>,
         headers: &[(&str, &str)],
     ) -> Result<reqwest::Response, CallError> {
-        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+        let idempotent = matches!(
+            method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+        );
         let attempts = if idempotent { self.policy.retries + 1 } else { 1 };
         let mut last_error = CallError::CircuitOpen;
         for attempt in 0..attempts {
@@ -193,7 +217,9 @@ mod tests {
                 }
             }
         };
-        Router::new().route("/x", get(handler.clone())).route("/x", post(handler))
+        Router::new()
+            .route("/x", get(handler.clone()))
+            .route("/x", post(handler))
     }
 
     #[tokio::test]
@@ -212,7 +238,10 @@ mod tests {
         let url = serve(flaky_server(hits.clone(), 1)).await;
         let client = ServiceClient::new(&url, policy());
         let result = client.call(Method::POST, "/x", Some(&serde_json::json!({})), &[]).await;
-        assert!(matches!(result, Err(CallError::Status(StatusCode::SERVICE_UNAVAILABLE))));
+        assert!(matches!(
+            result,
+            Err(CallError::Status(StatusCode::SERVICE_UNAVAILABLE))
+        ));
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
 
@@ -225,7 +254,10 @@ mod tests {
         assert!(client.call(Method::GET, "/x", None, &[]).await.is_err());
         assert!(client.breaker().is_open());
         let before = hits.load(Ordering::SeqCst);
-        assert!(matches!(client.call(Method::GET, "/x", None, &[]).await, Err(CallError::CircuitOpen)));
+        assert!(matches!(
+            client.call(Method::GET, "/x", None, &[]).await,
+            Err(CallError::CircuitOpen)
+        ));
         assert_eq!(hits.load(Ordering::SeqCst), before, "an open circuit sends nothing");
     }
 

@@ -89,7 +89,10 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(db: Db) -> Self {
-        Self { db, notify: Arc::new(Notify::new()) }
+        Self {
+            db,
+            notify: Arc::new(Notify::new()),
+        }
     }
 
     pub fn wake(&self) {
@@ -98,13 +101,20 @@ impl Outbox {
 
     /// Events written but not yet published.
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(self.db.reader()).await
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(self.db.reader())
+            .await
     }
 
     /// Starts the relay: publishes outbox rows in order and deletes each once the bus has it.
     /// A row whose publish fails stays and is retried; the bus deduplicates on the event id,
     /// so a crash between publish and delete only causes a duplicate the bus drops.
-    pub fn spawn_relay(&self, service: &'static str, bus: Arc<dyn Bus>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_relay(
+        &self,
+        service: &'static str,
+        bus: Arc<dyn Bus>,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let outbox = self.clone();
         tokio::spawn(async move {
             let mut failures = 0u32;
@@ -142,7 +152,10 @@ impl Outbox {
         for (seq, payload) in &rows {
             let event = Event::from_json(payload)?;
             bus.publish(&event).await?;
-            sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq).execute(self.db.writer()).await?;
+            sqlx::query("DELETE FROM outbox WHERE seq = $1")
+                .bind(seq)
+                .execute(self.db.writer())
+                .await?;
         }
         Ok(rows.len())
     }

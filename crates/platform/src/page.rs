@@ -38,7 +38,9 @@ impl PageParams {
         };
         let after = match &self.cursor {
             None => None,
-            Some(raw) => Some(decode_cursor(raw).ok_or_else(|| ApiError::validation("cursor", "is not a valid cursor"))?),
+            Some(raw) => {
+                Some(decode_cursor(raw).ok_or_else(|| ApiError::validation("cursor", "is not a valid cursor"))?)
+            }
         };
         Ok(PageRequest { limit, after })
     }
@@ -70,11 +72,17 @@ impl<T> Page<T> {
         } else {
             None
         };
-        Page { items: rows, next_cursor }
+        Page {
+            items: rows,
+            next_cursor,
+        }
     }
 
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page { items: self.items.into_iter().map(f).collect(), next_cursor: self.next_cursor }
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
     }
 }
 
@@ -102,13 +110,28 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_garbage_is_rejected() {
-        let request = PageParams { limit: Some(2), cursor: None }.parse().unwrap();
+        let request = PageParams {
+            limit: Some(2),
+            cursor: None,
+        }
+        .parse()
+        .unwrap();
         let page = Page::from_rows(vec!["a", "b", "c"], &request, |s| s.to_string());
         assert_eq!(page.items, vec!["a", "b"]);
         let cursor = page.next_cursor.clone().unwrap();
-        let next = PageParams { limit: Some(2), cursor: Some(cursor) }.parse().unwrap();
+        let next = PageParams {
+            limit: Some(2),
+            cursor: Some(cursor),
+        }
+        .parse()
+        .unwrap();
         assert_eq!(next.after.as_deref(), Some("b"));
-        assert!(PageParams { limit: None, cursor: Some("%%%".into()) }.parse().is_err());
+        assert!(PageParams {
+            limit: None,
+            cursor: Some("%%%".into())
+        }
+        .parse()
+        .is_err());
 
         let last = Page::from_rows(vec!["x"], &request, |s| s.to_string());
         assert!(last.next_cursor.is_none());

@@ -15,7 +15,9 @@ use crate::clock::SharedClock;
 pub enum Decision {
     Allow,
     /// Refused; the next request would be allowed after this long.
-    Deny { retry_after: Duration },
+    Deny {
+        retry_after: Duration,
+    },
 }
 
 /// A limit of `limit` requests per `window`, smoothly refilled (a token bucket).
@@ -41,7 +43,10 @@ pub struct MemoryRateLimiter {
 
 impl MemoryRateLimiter {
     pub fn new(clock: SharedClock) -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), clock }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            clock,
+        }
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Bucket>> {
@@ -58,12 +63,18 @@ impl RateLimiter for MemoryRateLimiter {
         let capacity = f64::from(limit.max(1));
         let refill_per_ms = capacity / (window.as_millis().max(1) as f64);
         // A panic while holding the lock cannot leave a bucket half-written: keep using it.
-        let mut shard = self.shard(key).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if shard.len() > 100_000 {
             // Drop buckets that have refilled completely: they carry no state.
             shard.retain(|_, b| b.tokens + (now - b.updated_ms) as f64 * refill_per_ms < capacity);
         }
-        let bucket = shard.entry(key.to_owned()).or_insert(Bucket { tokens: capacity, updated_ms: now });
+        let bucket = shard.entry(key.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            updated_ms: now,
+        });
         let elapsed = (now - bucket.updated_ms).max(0) as f64;
         bucket.tokens = (bucket.tokens + elapsed * refill_per_ms).min(capacity);
         bucket.updated_ms = now;
@@ -72,7 +83,9 @@ impl RateLimiter for MemoryRateLimiter {
             Decision::Allow
         } else {
             let wait_ms = ((1.0 - bucket.tokens) / refill_per_ms).ceil() as u64;
-            Decision::Deny { retry_after: Duration::from_millis(wait_ms.max(1)) }
+            Decision::Deny {
+                retry_after: Duration::from_millis(wait_ms.max(1)),
+            }
         }
     }
 }
@@ -108,7 +121,11 @@ pub struct MemoryFailureThrottle {
 
 impl MemoryFailureThrottle {
     pub fn new(policy: ThrottlePolicy, clock: SharedClock) -> Self {
-        Self { policy, clock, state: Mutex::default() }
+        Self {
+            policy,
+            clock,
+            state: Mutex::default(),
+        }
     }
 }
 
@@ -137,7 +154,10 @@ impl FailureThrottle for MemoryFailureThrottle {
     }
 
     async fn reset(&self, key: &str) {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
     }
 }
 
@@ -156,9 +176,18 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(limiter.check("k", 3, window).await, Decision::Allow);
         }
-        let Decision::Deny { retry_after } = limiter.check("k", 3, window).await else { panic!("fourth must be denied") };
-        assert!(retry_after <= Duration::from_secs(20) && retry_after > Duration::from_secs(15), "{retry_after:?}");
-        assert_eq!(limiter.check("other", 3, window).await, Decision::Allow, "keys are independent");
+        let Decision::Deny { retry_after } = limiter.check("k", 3, window).await else {
+            panic!("fourth must be denied")
+        };
+        assert!(
+            retry_after <= Duration::from_secs(20) && retry_after > Duration::from_secs(15),
+            "{retry_after:?}"
+        );
+        assert_eq!(
+            limiter.check("other", 3, window).await,
+            Decision::Allow,
+            "keys are independent"
+        );
         clock.advance(Duration::from_secs(21));
         assert_eq!(limiter.check("k", 3, window).await, Decision::Allow, "a token refilled");
     }
@@ -166,7 +195,10 @@ mod tests {
     #[tokio::test]
     async fn throttle_blocks_after_max_failures_and_doubles() {
         let clock = Arc::new(OffsetClock::default());
-        let policy = ThrottlePolicy { max_failures: 3, base_lockout: Duration::from_secs(10) };
+        let policy = ThrottlePolicy {
+            max_failures: 3,
+            base_lockout: Duration::from_secs(10),
+        };
         let throttle = MemoryFailureThrottle::new(policy, clock.clone());
         for _ in 0..2 {
             throttle.record_failure("a").await;

@@ -37,7 +37,11 @@ pub struct DbOptions {
 
 impl Default for DbOptions {
     fn default() -> Self {
-        Self { max_connections: 10, acquire_timeout: Duration::from_secs(10), search_path: None }
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            search_path: None,
+        }
     }
 }
 
@@ -71,7 +75,11 @@ impl Db {
     }
 
     async fn connect_sqlite(url: &str, options: &DbOptions) -> anyhow::Result<Self> {
-        let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+        let url = if url.contains('?') {
+            url.to_owned()
+        } else {
+            format!("{url}?mode=rwc")
+        };
         let connect = AnyConnectOptions::from_str(&url).context("invalid SQLite URL")?;
         let pool = |max: u32| {
             AnyPoolOptions::new()
@@ -91,8 +99,15 @@ impl Db {
                 .connect_with(connect.clone())
         };
         let writer = pool(1).await.context("cannot open the SQLite database")?;
-        let reader = pool(options.max_connections.clamp(1, 8)).await.context("cannot open the SQLite database")?;
-        Ok(Self { writer, reader, backend: Backend::Sqlite, instance: next_instance() })
+        let reader = pool(options.max_connections.clamp(1, 8))
+            .await
+            .context("cannot open the SQLite database")?;
+        Ok(Self {
+            writer,
+            reader,
+            backend: Backend::Sqlite,
+            instance: next_instance(),
+        })
     }
 
     async fn connect_postgres(url: &str, options: &DbOptions) -> anyhow::Result<Self> {
@@ -105,7 +120,8 @@ impl Db {
                 let search_path = search_path.clone();
                 Box::pin(async move {
                     if let Some(schema) = search_path {
-                        conn.execute(format!("SET search_path TO \"{schema}\"").as_str()).await?;
+                        conn.execute(format!("SET search_path TO \"{schema}\"").as_str())
+                            .await?;
                     }
                     Ok(())
                 })
@@ -113,7 +129,12 @@ impl Db {
             .connect_with(connect)
             .await
             .context("cannot connect to PostgreSQL")?;
-        Ok(Self { writer: pool.clone(), reader: pool, backend: Backend::Postgres, instance: next_instance() })
+        Ok(Self {
+            writer: pool.clone(),
+            reader: pool,
+            backend: Backend::Postgres,
+            instance: next_instance(),
+        })
     }
 
     /// True when both handles are clones of one connected database.
@@ -155,11 +176,15 @@ impl Db {
     pub async fn migrate(&self, scope: &str, migrations: &[Migration]) -> anyhow::Result<()> {
         let mut conn = self.writer.acquire().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_lock(72707369)").execute(&mut *conn).await?;
+            sqlx::query("SELECT pg_advisory_lock(72707369)")
+                .execute(&mut *conn)
+                .await?;
         }
         let result = self.migrate_locked(&mut conn, scope, migrations).await;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_unlock(72707369)").execute(&mut *conn).await?;
+            sqlx::query("SELECT pg_advisory_unlock(72707369)")
+                .execute(&mut *conn)
+                .await?;
         }
         result
     }
@@ -206,7 +231,12 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            tracing::info!(scope, version = migration.version, name = migration.name, "migration applied");
+            tracing::info!(
+                scope,
+                version = migration.version,
+                name = migration.name,
+                "migration applied"
+            );
         }
         Ok(())
     }

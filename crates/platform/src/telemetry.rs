@@ -17,9 +17,16 @@ pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id
 /// Installs the global JSON log subscriber (`RUST_LOG` filters; default `info`). Idempotent.
 pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.compact().try_init()
     };
@@ -59,7 +66,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestIds {
     async fn from_request_parts(parts: &mut http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(parts.extensions.get::<RequestIds>().cloned().unwrap_or_else(|| {
             let id = crate::id::new_id().to_string();
-            RequestIds { request_id: id.clone(), correlation_id: id }
+            RequestIds {
+                request_id: id.clone(),
+                correlation_id: id,
+            }
         }))
     }
 }
@@ -68,7 +78,9 @@ fn sane_id(value: Option<&HeaderValue>) -> Option<String> {
     let raw = value?.to_str().ok()?;
     let ok = !raw.is_empty()
         && raw.len() <= 128
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     ok.then(|| raw.to_owned())
 }
 
@@ -78,7 +90,10 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = sane_id(request.headers().get(&REQUEST_ID)).unwrap_or_else(|| crate::id::new_id().to_string());
     let correlation_id = sane_id(request.headers().get(&CORRELATION_ID)).unwrap_or_else(|| request_id.clone());
-    let ids = RequestIds { request_id: request_id.clone(), correlation_id: correlation_id.clone() };
+    let ids = RequestIds {
+        request_id: request_id.clone(),
+        correlation_id: correlation_id.clone(),
+    };
     request.extensions_mut().insert(ids);
     let method = request.method().clone();
     let route = request
@@ -93,7 +108,11 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     span.in_scope(|| {
         tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request finished");
     });
-    let labels = [("method", method.to_string()), ("route", route.clone()), ("status", status.to_string())];
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.clone()),
+        ("status", status.to_string()),
+    ];
     metrics::counter!("mercato_http_requests_total", &labels).increment(1);
     metrics::histogram!("mercato_http_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
     if status >= 500 {

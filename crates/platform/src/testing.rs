@@ -25,12 +25,27 @@ pub async fn sqlite_db() -> anyhow::Result<(Db, tempfile_guard::TempDir)> {
 /// A PostgreSQL database in a fresh schema of the server named by `MERCATO_TEST_POSTGRES_URL`,
 /// or `None` when the variable is not set.
 pub async fn postgres_db() -> anyhow::Result<Option<Db>> {
-    let Some(url) = server_url(POSTGRES_URL_VAR) else { return Ok(None) };
+    let Some(url) = server_url(POSTGRES_URL_VAR) else {
+        return Ok(None);
+    };
     let schema = format!("t_{}", crate::id::new_id().simple());
-    let admin = Db::connect(&url, &DbOptions { max_connections: 1, ..DbOptions::default() }).await?;
-    sqlx::query(&format!("CREATE SCHEMA \"{schema}\"")).execute(admin.writer()).await?;
+    let admin = Db::connect(
+        &url,
+        &DbOptions {
+            max_connections: 1,
+            ..DbOptions::default()
+        },
+    )
+    .await?;
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(admin.writer())
+        .await?;
     admin.close().await;
-    let options = DbOptions { max_connections: 10, search_path: Some(schema), ..DbOptions::default() };
+    let options = DbOptions {
+        max_connections: 10,
+        search_path: Some(schema),
+        ..DbOptions::default()
+    };
     Ok(Some(Db::connect(&url, &options).await?))
 }
 
@@ -83,10 +98,21 @@ pub mod tempfile_guard {
 /// `MERCATO_TEST_POSTGRES_URL`, or `None` when the variable is not set. For tests that
 /// configure a whole service by URL rather than by [`Db`].
 pub async fn postgres_database_url() -> anyhow::Result<Option<String>> {
-    let Some(url) = server_url(POSTGRES_URL_VAR) else { return Ok(None) };
+    let Some(url) = server_url(POSTGRES_URL_VAR) else {
+        return Ok(None);
+    };
     let name = format!("mercato_t_{}", crate::id::new_id().simple());
-    let admin = Db::connect(&url, &DbOptions { max_connections: 1, ..DbOptions::default() }).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(admin.writer()).await?;
+    let admin = Db::connect(
+        &url,
+        &DbOptions {
+            max_connections: 1,
+            ..DbOptions::default()
+        },
+    )
+    .await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(admin.writer())
+        .await?;
     admin.close().await;
     let mut parsed = reqwest::Url::parse(&url)?;
     parsed.set_path(&format!("/{name}"));

@@ -13,10 +13,16 @@ async fn register_then_login_then_read_me() {
     assert_eq!(registered["user"]["email"], "ada@example.com", "emails are normalized");
     assert_eq!(registered["user"]["role"], "customer");
     assert_eq!(registered["token_type"], "Bearer");
-    assert!(registered["user"].get("password_hash").is_none(), "no hash in responses");
+    assert!(
+        registered["user"].get("password_hash").is_none(),
+        "no hash in responses"
+    );
 
     let login = app.login("ADA@example.com", PASSWORD).await.expect(200);
-    let me = app.get("/api/v1/users/me", Some(&token_of(&login.body))).await.expect(200);
+    let me = app
+        .get("/api/v1/users/me", Some(&token_of(&login.body)))
+        .await
+        .expect(200);
     assert_eq!(me.body["id"], registered["user"]["id"]);
     assert_eq!(me.body["full_name"], "Test User");
     assert_eq!(me.body["email_verified"], false);
@@ -26,9 +32,18 @@ async fn register_then_login_then_read_me() {
 async fn wrong_password_is_401_and_unknown_email_the_same() {
     let app = TestApp::spawn().await;
     app.register("bob@example.com").await;
-    let wrong = app.login("bob@example.com", "not the password").await.expect_problem(401);
-    let unknown = app.login("nobody@example.com", "not the password").await.expect_problem(401);
-    assert_eq!(wrong.body["detail"], unknown.body["detail"], "no account enumeration through login");
+    let wrong = app
+        .login("bob@example.com", "not the password")
+        .await
+        .expect_problem(401);
+    let unknown = app
+        .login("nobody@example.com", "not the password")
+        .await
+        .expect_problem(401);
+    assert_eq!(
+        wrong.body["detail"], unknown.body["detail"],
+        "no account enumeration through login"
+    );
 }
 
 #[tokio::test]
@@ -43,15 +58,31 @@ async fn duplicate_email_is_409_whatever_the_case() {
 async fn registration_validates_every_field_and_stores_nothing_when_invalid() {
     let app = TestApp::spawn().await;
     let cases = [
-        (json!({"email": "not-an-email", "full_name": "A", "password": PASSWORD}), "email"),
-        (json!({"email": "a@example.com", "full_name": "  ", "password": PASSWORD}), "full_name"),
-        (json!({"email": "a@example.com", "full_name": "A", "password": "short"}), "password"),
-        (json!({"email": "a@example.com", "full_name": "A", "password": "password123"}), "password"),
+        (
+            json!({"email": "not-an-email", "full_name": "A", "password": PASSWORD}),
+            "email",
+        ),
+        (
+            json!({"email": "a@example.com", "full_name": "  ", "password": PASSWORD}),
+            "full_name",
+        ),
+        (
+            json!({"email": "a@example.com", "full_name": "A", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"email": "a@example.com", "full_name": "A", "password": "password123"}),
+            "password",
+        ),
     ];
     for (body, field) in cases {
         let reply = app.post("/api/v1/auth/register", None, body).await.expect_problem(422);
         assert!(
-            reply.body["errors"].as_array().unwrap().iter().any(|e| e["field"] == field),
+            reply.body["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field),
             "{field} must be named: {}",
             reply.body
         );
@@ -67,10 +98,15 @@ async fn role_cannot_be_mass_assigned() {
     app.post("/api/v1/auth/register", None, body).await.expect_problem(422);
 
     let token = app.customer_token("mallory@example.com").await;
-    app.patch("/api/v1/users/me", Some(&token), json!({"role": "admin"})).await.expect_problem(422);
+    app.patch("/api/v1/users/me", Some(&token), json!({"role": "admin"}))
+        .await
+        .expect_problem(422);
     let me = app.get("/api/v1/users/me", Some(&token)).await.expect(200);
     assert_eq!(me.body["role"], "customer");
-    let renamed = app.patch("/api/v1/users/me", Some(&token), json!({"full_name": "Mallory M"})).await.expect(200);
+    let renamed = app
+        .patch("/api/v1/users/me", Some(&token), json!({"full_name": "Mallory M"}))
+        .await
+        .expect(200);
     assert_eq!(renamed.body["full_name"], "Mallory M");
 }
 
@@ -79,18 +115,29 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
     let app = TestApp::spawn().await;
     let first = refresh_of(&app.register("dave@example.com").await);
 
-    let second = app.post("/api/v1/auth/refresh", None, json!({"refresh_token": first})).await.expect(200);
+    let second = app
+        .post("/api/v1/auth/refresh", None, json!({"refresh_token": first}))
+        .await
+        .expect(200);
     let second_refresh = refresh_of(&second.body);
     assert_ne!(second_refresh, first, "every refresh issues a new refresh token");
-    app.get("/api/v1/users/me", Some(&token_of(&second.body))).await.expect(200);
+    app.get("/api/v1/users/me", Some(&token_of(&second.body)))
+        .await
+        .expect(200);
 
     // The old token again: reuse. It fails, and so does the newest one of the same session.
-    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": first})).await.expect_problem(401);
-    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": second_refresh})).await.expect_problem(401);
+    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": first}))
+        .await
+        .expect_problem(401);
+    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": second_refresh}))
+        .await
+        .expect_problem(401);
 
     // Another session of the same user is untouched.
     let other = refresh_of(&app.login("dave@example.com", PASSWORD).await.expect(200).body);
-    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": other})).await.expect(200);
+    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": other}))
+        .await
+        .expect(200);
 }
 
 #[tokio::test]
@@ -107,17 +154,38 @@ async fn concurrent_use_of_one_refresh_token_yields_one_winner() {
 async fn logout_ends_the_session() {
     let app = TestApp::spawn().await;
     let refresh = refresh_of(&app.register("frank@example.com").await);
-    app.post("/api/v1/auth/logout", None, json!({"refresh_token": refresh})).await.expect(204);
-    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect_problem(401);
-    app.post("/api/v1/auth/logout", None, json!({"refresh_token": refresh})).await.expect(204);
+    app.post("/api/v1/auth/logout", None, json!({"refresh_token": refresh}))
+        .await
+        .expect(204);
+    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await
+        .expect_problem(401);
+    app.post("/api/v1/auth/logout", None, json!({"refresh_token": refresh}))
+        .await
+        .expect(204);
 }
 
 async fn reset_token(app: &TestApp, user_id: &str) -> String {
-    let count_before = app.bus_events().await.iter().filter(|e| e.kind == "user.password_reset_requested").count();
-    app.post("/api/v1/auth/password/forgot", None, json!({"email": "grace@example.com"})).await.expect(202);
+    let count_before = app
+        .bus_events()
+        .await
+        .iter()
+        .filter(|e| e.kind == "user.password_reset_requested")
+        .count();
+    app.post(
+        "/api/v1/auth/password/forgot",
+        None,
+        json!({"email": "grace@example.com"}),
+    )
+    .await
+    .expect(202);
     let event = platform::testing::eventually(Duration::from_secs(10), || async {
-        let events: Vec<_> =
-            app.bus_events().await.into_iter().filter(|e| e.kind == "user.password_reset_requested" && e.subject == user_id).collect();
+        let events: Vec<_> = app
+            .bus_events()
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "user.password_reset_requested" && e.subject == user_id)
+            .collect();
         (events.len() > count_before).then(|| events.last().cloned()).flatten()
     })
     .await
@@ -133,13 +201,29 @@ async fn reset_token_works_once_and_ends_sessions() {
     let token = reset_token(&app, &user_id).await;
 
     let new_password = "a brand new passphrase";
-    app.post("/api/v1/auth/password/reset", None, json!({"token": token, "new_password": new_password})).await.expect(204);
-    app.post("/api/v1/auth/password/reset", None, json!({"token": token, "new_password": "yet another passphrase"}))
-        .await
-        .expect_problem(400);
+    app.post(
+        "/api/v1/auth/password/reset",
+        None,
+        json!({"token": token, "new_password": new_password}),
+    )
+    .await
+    .expect(204);
+    app.post(
+        "/api/v1/auth/password/reset",
+        None,
+        json!({"token": token, "new_password": "yet another passphrase"}),
+    )
+    .await
+    .expect_problem(400);
     app.login("grace@example.com", PASSWORD).await.expect_problem(401);
     app.login("grace@example.com", new_password).await.expect(200);
-    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": refresh_of(&registered)})).await.expect_problem(401);
+    app.post(
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refresh_token": refresh_of(&registered)}),
+    )
+    .await
+    .expect_problem(401);
 }
 
 #[tokio::test]
@@ -148,9 +232,13 @@ async fn reset_token_expires() {
     let user_id = id_of(&app.register("grace@example.com").await);
     let token = reset_token(&app, &user_id).await;
     app.clock.advance(Duration::from_secs(2 * 3600));
-    app.post("/api/v1/auth/password/reset", None, json!({"token": token, "new_password": "a brand new passphrase"}))
-        .await
-        .expect_problem(400);
+    app.post(
+        "/api/v1/auth/password/reset",
+        None,
+        json!({"token": token, "new_password": "a brand new passphrase"}),
+    )
+    .await
+    .expect_problem(400);
     app.login("grace@example.com", PASSWORD).await.expect(200);
 }
 
@@ -160,20 +248,42 @@ async fn a_new_reset_link_voids_the_previous_one() {
     let user_id = id_of(&app.register("grace@example.com").await);
     let first = reset_token(&app, &user_id).await;
     let second = reset_token(&app, &user_id).await;
-    app.post("/api/v1/auth/password/reset", None, json!({"token": first, "new_password": "a brand new passphrase"}))
-        .await
-        .expect_problem(400);
-    app.post("/api/v1/auth/password/reset", None, json!({"token": second, "new_password": "a brand new passphrase"}))
-        .await
-        .expect(204);
+    app.post(
+        "/api/v1/auth/password/reset",
+        None,
+        json!({"token": first, "new_password": "a brand new passphrase"}),
+    )
+    .await
+    .expect_problem(400);
+    app.post(
+        "/api/v1/auth/password/reset",
+        None,
+        json!({"token": second, "new_password": "a brand new passphrase"}),
+    )
+    .await
+    .expect(204);
 }
 
 #[tokio::test]
 async fn forgot_password_answers_the_same_for_unknown_emails() {
     let app = TestApp::spawn().await;
     app.register("heidi@example.com").await;
-    let known = app.post("/api/v1/auth/password/forgot", None, json!({"email": "heidi@example.com"})).await.expect(202);
-    let unknown = app.post("/api/v1/auth/password/forgot", None, json!({"email": "ghost@example.com"})).await.expect(202);
+    let known = app
+        .post(
+            "/api/v1/auth/password/forgot",
+            None,
+            json!({"email": "heidi@example.com"}),
+        )
+        .await
+        .expect(202);
+    let unknown = app
+        .post(
+            "/api/v1/auth/password/forgot",
+            None,
+            json!({"email": "ghost@example.com"}),
+        )
+        .await
+        .expect(202);
     assert_eq!(known.body, unknown.body);
 }
 
@@ -185,12 +295,18 @@ async fn email_verification_token_verifies_once() {
     let event = app.wait_for_event("user.email_verification_requested", &user_id).await;
     let token = event.data["token"].as_str().unwrap().to_owned();
 
-    app.post("/api/v1/auth/email/verify", None, json!({"token": token})).await.expect(204);
-    app.post("/api/v1/auth/email/verify", None, json!({"token": token})).await.expect_problem(400);
+    app.post("/api/v1/auth/email/verify", None, json!({"token": token}))
+        .await
+        .expect(204);
+    app.post("/api/v1/auth/email/verify", None, json!({"token": token}))
+        .await
+        .expect_problem(400);
     let access = token_of(&registered);
     let me = app.get("/api/v1/users/me", Some(&access)).await.expect(200);
     assert_eq!(me.body["email_verified"], true);
-    app.post("/api/v1/auth/email/verify/resend", Some(&access), json!({})).await.expect_problem(409);
+    app.post("/api/v1/auth/email/verify/resend", Some(&access), json!({}))
+        .await
+        .expect_problem(409);
 }
 
 #[tokio::test]
@@ -198,7 +314,9 @@ async fn repeated_login_failures_are_throttled_with_retry_after() {
     let app = TestApp::spawn().await;
     app.register("judy@example.com").await;
     for _ in 0..5 {
-        app.login("judy@example.com", "not the password").await.expect_problem(401);
+        app.login("judy@example.com", "not the password")
+            .await
+            .expect_problem(401);
     }
     let throttled = app.login("judy@example.com", PASSWORD).await.expect_problem(429);
     let retry_after: u64 = throttled.headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -212,8 +330,12 @@ async fn changing_the_password_needs_the_current_one() {
     let app = TestApp::spawn().await;
     let token = app.customer_token("ken@example.com").await;
     let body = json!({"current_password": "wrong one here", "new_password": "a brand new passphrase"});
-    app.post("/api/v1/users/me/password", Some(&token), body).await.expect_problem(422);
+    app.post("/api/v1/users/me/password", Some(&token), body)
+        .await
+        .expect_problem(422);
     let body = json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"});
-    app.post("/api/v1/users/me/password", Some(&token), body).await.expect(204);
+    app.post("/api/v1/users/me/password", Some(&token), body)
+        .await
+        .expect(204);
     app.login("ken@example.com", "a brand new passphrase").await.expect(200);
 }

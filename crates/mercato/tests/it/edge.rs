@@ -34,7 +34,9 @@ async fn oversized_bodies_are_413_and_change_nothing() {
     let app = TestApp::spawn_with(|c| c.http.body_limit_bytes = 1024, Vec::new()).await;
     let body = json!({"email": "big@example.com", "full_name": "x".repeat(4096), "password": "correct horse battery"});
     app.post("/api/v1/auth/register", None, body).await.expect_problem(413);
-    app.login("big@example.com", "correct horse battery").await.expect_problem(401);
+    app.login("big@example.com", "correct horse battery")
+        .await
+        .expect_problem(401);
 }
 
 #[tokio::test]
@@ -62,14 +64,26 @@ async fn malformed_json_is_400_and_wrong_types_422() {
         .unwrap();
     assert_eq!(reply.status(), 400);
     assert_eq!(reply.headers()["content-type"], "application/problem+json");
-    app.post("/api/v1/auth/login", None, json!({"email": 5, "password": []})).await.expect_problem(422);
-    let no_type = app.client.post(format!("{}/api/v1/auth/login", app.url)).body("{}").send().await.unwrap();
+    app.post("/api/v1/auth/login", None, json!({"email": 5, "password": []}))
+        .await
+        .expect_problem(422);
+    let no_type = app
+        .client
+        .post(format!("{}/api/v1/auth/login", app.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_type.status(), 400);
 }
 
 #[tokio::test]
 async fn cors_allows_only_configured_origins() {
-    let app = TestApp::spawn_with(|c| c.http.cors_origins = vec!["https://shop.example".to_owned()], Vec::new()).await;
+    let app = TestApp::spawn_with(
+        |c| c.http.cors_origins = vec!["https://shop.example".to_owned()],
+        Vec::new(),
+    )
+    .await;
     let preflight = |origin: &'static str| {
         app.client
             .request(reqwest::Method::OPTIONS, format!("{}/api/v1/auth/login", app.url))
@@ -87,11 +101,27 @@ async fn cors_allows_only_configured_origins() {
 #[tokio::test]
 async fn request_and_correlation_ids_are_returned() {
     let app = TestApp::spawn().await;
-    let reply = app.client.get(format!("{}/health/live", app.url)).header("x-correlation-id", "order-flow-42").send().await.unwrap();
+    let reply = app
+        .client
+        .get(format!("{}/health/live", app.url))
+        .header("x-correlation-id", "order-flow-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reply.headers()["x-correlation-id"], "order-flow-42");
     assert!(!reply.headers()["x-request-id"].is_empty());
-    let hostile = app.client.get(format!("{}/health/live", app.url)).header("x-correlation-id", "a b\"<script>").send().await.unwrap();
-    assert_ne!(hostile.headers()["x-correlation-id"], "a b\"<script>", "unsafe ids are replaced");
+    let hostile = app
+        .client
+        .get(format!("{}/health/live", app.url))
+        .header("x-correlation-id", "a b\"<script>")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        hostile.headers()["x-correlation-id"],
+        "a b\"<script>",
+        "unsafe ids are replaced"
+    );
 }
 
 #[tokio::test]
@@ -107,7 +137,9 @@ async fn correlation_id_travels_into_events() {
         .unwrap();
     assert_eq!(reply.status(), 201);
     let body: serde_json::Value = reply.json().await.unwrap();
-    let event = app.wait_for_event("user.registered", body["user"]["id"].as_str().unwrap()).await;
+    let event = app
+        .wait_for_event("user.registered", body["user"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(event.correlationid.as_deref(), Some("signup-campaign-7"));
 }
 
@@ -116,7 +148,11 @@ async fn openapi_docs_health_and_metrics_are_served() {
     let app = TestApp::spawn().await;
     let spec = app.get("/api/openapi.json", None).await.expect(200);
     assert!(spec.body["openapi"].as_str().unwrap().starts_with("3.1"));
-    for path in ["/api/v1/auth/register", "/api/v1/users/me/addresses/{id}", "/api/v1/admin/dead-letters/{id}/replay"] {
+    for path in [
+        "/api/v1/auth/register",
+        "/api/v1/users/me/addresses/{id}",
+        "/api/v1/admin/dead-letters/{id}/replay",
+    ] {
         assert!(spec.body["paths"].get(path).is_some(), "{path} documented");
     }
     let docs = app.client.get(format!("{}/api/docs/", app.url)).send().await.unwrap();
@@ -128,7 +164,15 @@ async fn openapi_docs_health_and_metrics_are_served() {
     assert_eq!(ready.body["checks"]["bus"], "ok");
 
     app.get("/health/live", None).await.expect(200);
-    let metrics = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("mercato_http_requests_total"), "{metrics}");
     assert!(metrics.contains("mercato_http_request_duration_seconds"));
     assert!(metrics.contains("mercato_dead_letters_open"));
@@ -136,12 +180,19 @@ async fn openapi_docs_health_and_metrics_are_served() {
 
 #[tokio::test]
 async fn a_service_process_has_no_edge_limits_but_still_checks_tokens() {
-    let app = crate::helpers::TestApp::spawn_in_mode(|c| c.rate_limit.per_ip_per_minute = 1, Vec::new(), gateway::EdgeMode::Service).await;
+    let app = crate::helpers::TestApp::spawn_in_mode(
+        |c| c.rate_limit.per_ip_per_minute = 1,
+        Vec::new(),
+        gateway::EdgeMode::Service,
+    )
+    .await;
     for _ in 0..3 {
         app.get("/health/live", None).await.expect(200);
     }
     app.get("/api/v1/users/me", None).await.expect_problem(401);
-    app.get("/api/v1/users/me", Some("forged.token.here")).await.expect_problem(401);
+    app.get("/api/v1/users/me", Some("forged.token.here"))
+        .await
+        .expect_problem(401);
     let token = app.customer_token("svc@example.com").await;
     app.get("/api/v1/users/me", Some(&token)).await.expect(200);
     app.get("/api/v1/admin/users", Some(&token)).await.expect_problem(403);

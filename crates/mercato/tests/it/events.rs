@@ -37,7 +37,11 @@ impl EventHandler for Probe {
 }
 
 fn extension(probe: &Arc<Probe>) -> Vec<ExtensionConsumer> {
-    vec![ExtensionConsumer { name: "probe".to_owned(), types: vec!["user.registered".to_owned()], handler: probe.clone() }]
+    vec![ExtensionConsumer {
+        name: "probe".to_owned(),
+        types: vec!["user.registered".to_owned()],
+        handler: probe.clone(),
+    }]
 }
 
 #[tokio::test]
@@ -54,16 +58,27 @@ async fn an_event_is_published_if_and_only_if_its_transaction_commits() {
     let marker = id_of(&app.register("marker@example.com").await);
     app.wait_for_event("user.registered", &marker).await;
 
-    let registered: Vec<Event> = app.bus_events().await.into_iter().filter(|e| e.kind == "user.registered").collect();
+    let registered: Vec<Event> = app
+        .bus_events()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "user.registered")
+        .collect();
     let emails: Vec<&str> = registered.iter().map(|e| e.data["email"].as_str().unwrap()).collect();
     // The admin created at start, the first registration and the marker — not the duplicate.
-    assert_eq!(emails, vec![crate::helpers::ADMIN_EMAIL, "once@example.com", "marker@example.com"]);
+    assert_eq!(
+        emails,
+        vec![crate::helpers::ADMIN_EMAIL, "once@example.com", "marker@example.com"]
+    );
     assert_eq!(app.app.identity.outbox().pending().await.unwrap(), 0, "outbox drained");
 }
 
 #[tokio::test]
 async fn a_consumer_failing_three_times_is_dead_lettered_and_replayed_once() {
-    let probe = Arc::new(Probe { failing: AtomicBool::new(true), ..Probe::default() });
+    let probe = Arc::new(Probe {
+        failing: AtomicBool::new(true),
+        ..Probe::default()
+    });
     let app = TestApp::spawn_with(|_| {}, extension(&probe)).await;
     let admin = app.admin_token().await;
 
@@ -71,7 +86,12 @@ async fn a_consumer_failing_three_times_is_dead_lettered_and_replayed_once() {
     let user_id = id_of(&app.register("dlq@example.com").await);
     let letter = platform::testing::eventually(Duration::from_secs(10), || async {
         let list = app.get("/api/v1/admin/dead-letters", Some(&admin)).await.expect(200);
-        list.body["items"].as_array().unwrap().iter().find(|l| l["event"]["subject"] == user_id.as_str()).cloned()
+        list.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["event"]["subject"] == user_id.as_str())
+            .cloned()
     })
     .await
     .expect("the failing event reaches the dead letters");
@@ -89,7 +109,11 @@ async fn a_consumer_failing_three_times_is_dead_lettered_and_replayed_once() {
     assert_eq!(applied_for_user, 1, "the replay delivered the event once");
 
     let list = app.get("/api/v1/admin/dead-letters", Some(&admin)).await.expect(200);
-    assert!(list.body["items"].as_array().unwrap().iter().all(|l| l["event"]["subject"] != user_id.as_str()));
+    assert!(list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["event"]["subject"] != user_id.as_str()));
     let missing = format!("/api/v1/admin/dead-letters/{}/replay", platform::id::new_id());
     app.post(&missing, Some(&admin), json!({})).await.expect_problem(404);
 }
@@ -104,7 +128,13 @@ async fn a_restart_keeps_users_and_undelivered_events() {
     // A change committed just before a crash: in the outbox, never relayed.
     let db = mercato::app::identity_db(&app.config).await.unwrap();
     let mut tx = db.begin().await.unwrap();
-    let stranded = Event::new("identity", "user.registered", "stranded-subject", json!({"email": "stranded@example.com"}), None);
+    let stranded = Event::new(
+        "identity",
+        "user.registered",
+        "stranded-subject",
+        json!({"email": "stranded@example.com"}),
+        None,
+    );
     platform::outbox::enqueue(&mut tx, &stranded).await.unwrap();
     tx.commit().await.unwrap();
     db.close().await;

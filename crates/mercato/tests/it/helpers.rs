@@ -37,7 +37,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn content_type(&self) -> &str {
-        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// Asserts the status, printing the body when it differs.
@@ -50,14 +53,21 @@ impl Reply {
     #[track_caller]
     pub fn expect_problem(self, status: u16) -> Self {
         let reply = self.expect(status);
-        assert_eq!(reply.content_type(), "application/problem+json", "errors are problem+json");
+        assert_eq!(
+            reply.content_type(),
+            "application/problem+json",
+            "errors are problem+json"
+        );
         assert_eq!(reply.body["status"], status, "problem body names the status");
         reply
     }
 }
 
 pub fn test_config(data_dir: &std::path::Path) -> Config {
-    let mut config = Config { data_dir: data_dir.to_path_buf(), ..Config::default() };
+    let mut config = Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
     config.admin_email = Some(ADMIN_EMAIL.to_owned());
     config.admin_password = Some(ADMIN_PASSWORD.to_owned());
     // Tests make many requests from one IP; the rate-limit tests lower these.
@@ -77,7 +87,11 @@ impl TestApp {
     }
 
     /// One service process (`mercato serve identity`) rather than the all-in-one edge.
-    pub async fn spawn_in_mode(configure: impl FnOnce(&mut Config), extensions: Vec<ExtensionConsumer>, mode: EdgeMode) -> Self {
+    pub async fn spawn_in_mode(
+        configure: impl FnOnce(&mut Config),
+        extensions: Vec<ExtensionConsumer>,
+        mode: EdgeMode,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         configure(&mut config);
@@ -91,7 +105,11 @@ impl TestApp {
         dir: Option<tempfile::TempDir>,
         mode: EdgeMode,
     ) -> Self {
-        let options = AppOptions { clock: clock.clone(), extension_consumers: extensions, mode };
+        let options = AppOptions {
+            clock: clock.clone(),
+            extension_consumers: extensions,
+            mode,
+        };
         let app = App::start(config.clone(), options).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -99,7 +117,15 @@ impl TestApp {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
         });
-        Self { url: format!("http://{addr}"), client: reqwest::Client::new(), app, clock, config, server, dir }
+        Self {
+            url: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            app,
+            clock,
+            config,
+            server,
+            dir,
+        }
     }
 
     /// Stops the application and starts it again on the same data directory, as a process
@@ -107,7 +133,14 @@ impl TestApp {
     pub async fn restart(mut self, extensions: Vec<ExtensionConsumer>) -> Self {
         self.stop().await;
         let dir = self.dir.take();
-        Self::start(self.config.clone(), extensions, self.clock.clone(), dir, EdgeMode::Gateway).await
+        Self::start(
+            self.config.clone(),
+            extensions,
+            self.clock.clone(),
+            dir,
+            EdgeMode::Gateway,
+        )
+        .await
     }
 
     pub async fn stop(&self) {
@@ -115,7 +148,13 @@ impl TestApp {
         self.app.shutdown().await;
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut request = self.client.request(method, format!("{}{path}", self.url));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -149,10 +188,14 @@ impl TestApp {
 
     /// Registers a customer; answers the whole auth response.
     pub async fn register(&self, email: &str) -> Value {
-        self.post("/api/v1/auth/register", None, json!({"email": email, "full_name": "Test User", "password": PASSWORD}))
-            .await
-            .expect(201)
-            .body
+        self.post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": email, "full_name": "Test User", "password": PASSWORD}),
+        )
+        .await
+        .expect(201)
+        .body
     }
 
     /// Registers a customer; answers its access token.
@@ -161,7 +204,12 @@ impl TestApp {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Reply {
-        self.post("/api/v1/auth/login", None, json!({"email": email, "password": password})).await
+        self.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     pub async fn admin_token(&self) -> String {
@@ -170,13 +218,22 @@ impl TestApp {
 
     /// Events on the in-process bus, oldest first.
     pub async fn bus_events(&self) -> Vec<Event> {
-        self.app.log_bus.as_ref().expect("tests run on the in-process bus").events().await.expect("events readable")
+        self.app
+            .log_bus
+            .as_ref()
+            .expect("tests run on the in-process bus")
+            .events()
+            .await
+            .expect("events readable")
     }
 
     /// Waits until the bus holds an event of `kind` about `subject`.
     pub async fn wait_for_event(&self, kind: &str, subject: &str) -> Event {
         platform::testing::eventually(Duration::from_secs(10), || async {
-            self.bus_events().await.into_iter().find(|e| e.kind == kind && e.subject == subject)
+            self.bus_events()
+                .await
+                .into_iter()
+                .find(|e| e.kind == kind && e.subject == subject)
         })
         .await
         .unwrap_or_else(|| panic!("no {kind} event for {subject} within 10 s"))
@@ -192,5 +249,9 @@ pub fn refresh_of(auth: &Value) -> String {
 }
 
 pub fn id_of(value: &Value) -> String {
-    value["id"].as_str().or_else(|| value["user"]["id"].as_str()).expect("id").to_owned()
+    value["id"]
+        .as_str()
+        .or_else(|| value["user"]["id"].as_str())
+        .expect("id")
+        .to_owned()
 }

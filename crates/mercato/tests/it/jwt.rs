@@ -35,7 +35,11 @@ fn sign_ed(kid: &str, der: &[u8], claims: &Value) -> String {
 }
 
 fn unsigned(header: Value, claims: &Value) -> String {
-    format!("{}.{}.", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()))
+    format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
 }
 
 #[tokio::test]
@@ -68,7 +72,9 @@ async fn forged_and_stale_tokens_are_refused() {
         header.kid = Some(kid.clone());
         let mut tokens = Vec::new();
         for secret in [URL_SAFE_NO_PAD.decode(&public_x).unwrap(), public_x.as_bytes().to_vec()] {
-            tokens.push(jsonwebtoken::encode(&header, &claims(&sub, json!({})), &EncodingKey::from_secret(&secret)).unwrap());
+            tokens.push(
+                jsonwebtoken::encode(&header, &claims(&sub, json!({})), &EncodingKey::from_secret(&secret)).unwrap(),
+            );
         }
         tokens
     };
@@ -79,25 +85,59 @@ async fn forged_and_stale_tokens_are_refused() {
     };
 
     let mut cases: Vec<(&str, String)> = vec![
-        ("alg none", unsigned(json!({"alg": "none", "typ": "JWT", "kid": kid}), &claims(&sub, json!({})))),
-        ("alg none, no kid", unsigned(json!({"alg": "none", "typ": "JWT"}), &claims(&sub, json!({})))),
-        ("expired", sign_ed(&kid, &der, &claims(&sub, json!({"exp": past, "iat": past - 900})))),
-        ("wrong audience", sign_ed(&kid, &der, &claims(&sub, json!({"aud": "someone-else"})))),
-        ("wrong issuer", sign_ed(&kid, &der, &claims(&sub, json!({"iss": "evil"})))),
+        (
+            "alg none",
+            unsigned(
+                json!({"alg": "none", "typ": "JWT", "kid": kid}),
+                &claims(&sub, json!({})),
+            ),
+        ),
+        (
+            "alg none, no kid",
+            unsigned(json!({"alg": "none", "typ": "JWT"}), &claims(&sub, json!({}))),
+        ),
+        (
+            "expired",
+            sign_ed(&kid, &der, &claims(&sub, json!({"exp": past, "iat": past - 900}))),
+        ),
+        (
+            "wrong audience",
+            sign_ed(&kid, &der, &claims(&sub, json!({"aud": "someone-else"}))),
+        ),
+        (
+            "wrong issuer",
+            sign_ed(&kid, &der, &claims(&sub, json!({"iss": "evil"}))),
+        ),
         ("no expiry", sign_ed(&kid, &der, &claims(&sub, json!({"exp": null})))),
         ("tampered signature", tampered),
         ("payload swapped under a real signature", payload_swapped),
-        ("unknown kid, unknown key", sign_ed("no-such-kid", &stranger_key, &claims(&sub, json!({})))),
-        ("known kid, wrong key", sign_ed(&kid, &stranger_key, &claims(&sub, json!({})))),
+        (
+            "unknown kid, unknown key",
+            sign_ed("no-such-kid", &stranger_key, &claims(&sub, json!({}))),
+        ),
+        (
+            "known kid, wrong key",
+            sign_ed(&kid, &stranger_key, &claims(&sub, json!({}))),
+        ),
         ("not a JWT", "garbage".to_owned()),
         ("empty", String::new()),
     ];
     for (i, token) in hs256_with_public_key.into_iter().enumerate() {
-        cases.push(if i == 0 { ("HS256 keyed with the raw public key", token) } else { ("HS256 keyed with the encoded public key", token) });
+        cases.push(if i == 0 {
+            ("HS256 keyed with the raw public key", token)
+        } else {
+            ("HS256 keyed with the encoded public key", token)
+        });
     }
     for (case, token) in cases {
         let reply = app.get("/api/v1/users/me", Some(&token)).await;
-        assert_eq!(reply.status.as_u16(), 401, "{case}: expected 401, got {} {}", reply.status, reply.body);
+        assert_eq!(
+            reply.status.as_u16(),
+            401,
+            "{case}: expected 401, got {} {}",
+            reply.status,
+            reply.body
+        );
         assert_eq!(reply.content_type(), "application/problem+json", "{case}");
     }
     app.get("/api/v1/users/me", None).await.expect_problem(401);
@@ -112,11 +152,24 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
     let new_kid = app.app.identity.keys().rotate().await.unwrap();
     assert_ne!(old_kid, new_kid);
     let jwks = app.get("/.well-known/jwks.json", None).await.expect(200);
-    let kids: Vec<&str> = jwks.body["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
-    assert!(kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()), "both keys published: {kids:?}");
+    let kids: Vec<&str> = jwks.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        "both keys published: {kids:?}"
+    );
 
     app.get("/api/v1/users/me", Some(&old_token)).await.expect(200);
-    let new_token = token_of(&app.login("rot@example.com", crate::helpers::PASSWORD).await.expect(200).body);
+    let new_token = token_of(
+        &app.login("rot@example.com", crate::helpers::PASSWORD)
+            .await
+            .expect(200)
+            .body,
+    );
     assert_eq!(jsonwebtoken::decode_header(&new_token).unwrap().kid.unwrap(), new_kid);
     // The verifier has not seen the new kid yet: it fetches the JWKS again once.
     app.get("/api/v1/users/me", Some(&new_token)).await.expect(200);
@@ -124,6 +177,11 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
     // After the access-token lifetime the retired key leaves the JWKS.
     app.clock.advance(std::time::Duration::from_secs(16 * 60 + 60));
     let jwks = app.get("/.well-known/jwks.json", None).await.expect(200);
-    let kids: Vec<&str> = jwks.body["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    let kids: Vec<&str> = jwks.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
     assert_eq!(kids, vec![new_kid.as_str()]);
 }

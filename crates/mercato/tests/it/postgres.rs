@@ -6,14 +6,22 @@ use serde_json::json;
 use crate::helpers::{id_of, refresh_of, token_of, TestApp, PASSWORD};
 
 async fn spawn_on_postgres() -> Option<TestApp> {
-    let Some(url) = platform::testing::postgres_database_url().await.expect("test database created") else {
+    let Some(url) = platform::testing::postgres_database_url()
+        .await
+        .expect("test database created")
+    else {
         eprintln!("MERCATO_TEST_POSTGRES_URL is not set: identity-on-PostgreSQL journey skipped");
         return None;
     };
-    Some(TestApp::spawn_with(|config| {
-        config.database.urls.insert("identity".to_owned(), url);
-    }, Vec::new())
-    .await)
+    Some(
+        TestApp::spawn_with(
+            |config| {
+                config.database.urls.insert("identity".to_owned(), url);
+            },
+            Vec::new(),
+        )
+        .await,
+    )
 }
 
 #[tokio::test]
@@ -24,42 +32,105 @@ async fn identity_journey_on_postgres() {
     // Accounts: insert, unique violation, login, profile.
     let user = app.register("Pg@Example.com").await;
     let user_id = id_of(&user);
-    app.post("/api/v1/auth/register", None, json!({"email": "pg@example.com", "full_name": "X", "password": PASSWORD}))
-        .await
-        .expect_problem(409);
+    app.post(
+        "/api/v1/auth/register",
+        None,
+        json!({"email": "pg@example.com", "full_name": "X", "password": PASSWORD}),
+    )
+    .await
+    .expect_problem(409);
     let token = token_of(&app.login("pg@example.com", PASSWORD).await.expect(200).body);
-    app.patch("/api/v1/users/me", Some(&token), json!({"full_name": "Pat Gres"})).await.expect(200);
-    assert_eq!(app.get("/api/v1/users/me", Some(&token)).await.expect(200).body["full_name"], "Pat Gres");
+    app.patch("/api/v1/users/me", Some(&token), json!({"full_name": "Pat Gres"}))
+        .await
+        .expect(200);
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&token)).await.expect(200).body["full_name"],
+        "Pat Gres"
+    );
 
     // Sessions: rotation, reuse revokes the family.
     let first = refresh_of(&user);
-    let second = refresh_of(&app.post("/api/v1/auth/refresh", None, json!({"refresh_token": first})).await.expect(200).body);
-    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": first})).await.expect_problem(401);
-    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": second})).await.expect_problem(401);
+    let second = refresh_of(
+        &app.post("/api/v1/auth/refresh", None, json!({"refresh_token": first}))
+            .await
+            .expect(200)
+            .body,
+    );
+    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": first}))
+        .await
+        .expect_problem(401);
+    app.post("/api/v1/auth/refresh", None, json!({"refresh_token": second}))
+        .await
+        .expect_problem(401);
 
     // One-time tokens: verification and reset (UPDATE … RETURNING).
     let verification = app.wait_for_event("user.email_verification_requested", &user_id).await;
-    app.post("/api/v1/auth/email/verify", None, json!({"token": verification.data["token"]})).await.expect(204);
-    app.post("/api/v1/auth/email/verify", None, json!({"token": verification.data["token"]})).await.expect_problem(400);
-    app.post("/api/v1/auth/password/forgot", None, json!({"email": "pg@example.com"})).await.expect(202);
+    app.post(
+        "/api/v1/auth/email/verify",
+        None,
+        json!({"token": verification.data["token"]}),
+    )
+    .await
+    .expect(204);
+    app.post(
+        "/api/v1/auth/email/verify",
+        None,
+        json!({"token": verification.data["token"]}),
+    )
+    .await
+    .expect_problem(400);
+    app.post("/api/v1/auth/password/forgot", None, json!({"email": "pg@example.com"}))
+        .await
+        .expect(202);
     let reset = app.wait_for_event("user.password_reset_requested", &user_id).await;
     let body = json!({"token": reset.data["token"], "new_password": "a brand new passphrase"});
-    app.post("/api/v1/auth/password/reset", None, body.clone()).await.expect(204);
-    app.post("/api/v1/auth/password/reset", None, body).await.expect_problem(400);
-    let token = token_of(&app.login("pg@example.com", "a brand new passphrase").await.expect(200).body);
+    app.post("/api/v1/auth/password/reset", None, body.clone())
+        .await
+        .expect(204);
+    app.post("/api/v1/auth/password/reset", None, body)
+        .await
+        .expect_problem(400);
+    let token = token_of(
+        &app.login("pg@example.com", "a brand new passphrase")
+            .await
+            .expect(200)
+            .body,
+    );
 
     // Addresses: the partial unique index and default promotion.
     let address = |line1: &str| json!({"full_name": "P", "line1": line1, "city": "Lyon", "postal_code": "69001", "country": "FR"});
-    let first = app.post("/api/v1/users/me/addresses", Some(&token), address("1 Rue A")).await.expect(201);
+    let first = app
+        .post("/api/v1/users/me/addresses", Some(&token), address("1 Rue A"))
+        .await
+        .expect(201);
     let mut second_body = address("2 Rue B");
     second_body["is_default"] = json!(true);
-    app.post("/api/v1/users/me/addresses", Some(&token), second_body).await.expect(201);
+    app.post("/api/v1/users/me/addresses", Some(&token), second_body)
+        .await
+        .expect(201);
     let list = app.get("/api/v1/users/me/addresses", Some(&token)).await.expect(200);
-    let defaults: Vec<_> = list.body.as_array().unwrap().iter().filter(|a| a["is_default"] == true).collect();
+    let defaults: Vec<_> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["is_default"] == true)
+        .collect();
     assert_eq!(defaults.len(), 1);
     assert_eq!(defaults[0]["line1"], "2 Rue B");
-    app.delete(&format!("/api/v1/users/me/addresses/{}", id_of(&defaults[0].clone())), Some(&token)).await.expect(204);
-    let promoted = app.get(&format!("/api/v1/users/me/addresses/{}", id_of(&first.body)), Some(&token)).await.expect(200);
+    app.delete(
+        &format!("/api/v1/users/me/addresses/{}", id_of(&defaults[0].clone())),
+        Some(&token),
+    )
+    .await
+    .expect(204);
+    let promoted = app
+        .get(
+            &format!("/api/v1/users/me/addresses/{}", id_of(&first.body)),
+            Some(&token),
+        )
+        .await
+        .expect(200);
     assert_eq!(promoted.body["is_default"], true);
 
     // Administration: search with LIKE … ESCAPE, keyset paging, optimistic locking.
@@ -68,15 +139,31 @@ async fn identity_journey_on_postgres() {
     }
     let admin = app.admin_token().await;
     let found = app.get("/api/v1/admin/users?email=pg_", Some(&admin)).await.expect(200);
-    assert_eq!(found.body["items"].as_array().unwrap().len(), 3, "`_` is matched literally");
+    assert_eq!(
+        found.body["items"].as_array().unwrap().len(),
+        3,
+        "`_` is matched literally"
+    );
     let page = app.get("/api/v1/admin/users?limit=2", Some(&admin)).await.expect(200);
     let cursor = page.body["next_cursor"].as_str().expect("more pages").to_owned();
-    let rest = app.get(&format!("/api/v1/admin/users?limit=10&cursor={cursor}"), Some(&admin)).await.expect(200);
-    assert_eq!(page.body["items"].as_array().unwrap().len() + rest.body["items"].as_array().unwrap().len(), 5);
+    let rest = app
+        .get(&format!("/api/v1/admin/users?limit=10&cursor={cursor}"), Some(&admin))
+        .await
+        .expect(200);
+    assert_eq!(
+        page.body["items"].as_array().unwrap().len() + rest.body["items"].as_array().unwrap().len(),
+        5
+    );
     let path = format!("/api/v1/admin/users/{user_id}");
-    let version = app.get(&path, Some(&admin)).await.expect(200).body["version"].as_i64().unwrap();
-    app.patch(&path, Some(&admin), json!({"role": "seller", "version": version})).await.expect(200);
-    app.patch(&path, Some(&admin), json!({"role": "admin", "version": version})).await.expect_problem(409);
+    let version = app.get(&path, Some(&admin)).await.expect(200).body["version"]
+        .as_i64()
+        .unwrap();
+    app.patch(&path, Some(&admin), json!({"role": "seller", "version": version}))
+        .await
+        .expect(200);
+    app.patch(&path, Some(&admin), json!({"role": "admin", "version": version}))
+        .await
+        .expect_problem(409);
 
     // Signing keys: rotation keeps old tokens valid.
     app.app.identity.keys().rotate().await.unwrap();

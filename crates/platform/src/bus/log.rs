@@ -58,7 +58,12 @@ impl LogBus {
     /// Opens the log in `db` (migrating it) and stops every subscription when `cancel` fires.
     pub async fn open(db: Db, cancel: CancellationToken) -> anyhow::Result<Self> {
         db.migrate("bus", MIGRATIONS).await?;
-        Ok(Self { db, appended: Arc::new(Notify::new()), groups: Arc::default(), cancel })
+        Ok(Self {
+            db,
+            appended: Arc::new(Notify::new()),
+            groups: Arc::default(),
+            cancel,
+        })
     }
 
     /// The stored position of a group (0 before its first event).
@@ -72,8 +77,12 @@ impl LogBus {
 
     /// Every event in the log, oldest first (tests and diagnostics).
     pub async fn events(&self) -> anyhow::Result<Vec<Event>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT payload FROM bus_log ORDER BY seq").fetch_all(self.db.reader()).await?;
-        rows.iter().map(|raw| Event::from_json(raw).map_err(Into::into)).collect()
+        let rows: Vec<String> = sqlx::query_scalar("SELECT payload FROM bus_log ORDER BY seq")
+            .fetch_all(self.db.reader())
+            .await?;
+        rows.iter()
+            .map(|raw| Event::from_json(raw).map_err(Into::into))
+            .collect()
     }
 
     async fn next_batch(&self, subscription: &Subscription, after: i64) -> anyhow::Result<Vec<(i64, String)>> {
@@ -183,7 +192,11 @@ impl Bus for LogBus {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
-        let fresh = self.groups.lock().map_err(|_| anyhow::anyhow!("bus lock poisoned"))?.insert(subscription.group.clone());
+        let fresh = self
+            .groups
+            .lock()
+            .map_err(|_| anyhow::anyhow!("bus lock poisoned"))?
+            .insert(subscription.group.clone());
         anyhow::ensure!(fresh, "consumer group `{}` is already subscribed", subscription.group);
         tokio::spawn(self.clone().run(subscription));
         Ok(())

@@ -61,7 +61,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 3, base_backoff: Duration::from_millis(200) }
+        Self {
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(200),
+        }
     }
 }
 

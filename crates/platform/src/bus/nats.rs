@@ -56,7 +56,9 @@ pub struct NatsBus {
 impl NatsBus {
     /// Connects and creates the stream if it does not exist (idempotent).
     pub async fn connect(config: NatsConfig, cancel: CancellationToken) -> anyhow::Result<Self> {
-        let client = async_nats::connect(&config.url).await.context("cannot connect to NATS")?;
+        let client = async_nats::connect(&config.url)
+            .await
+            .context("cannot connect to NATS")?;
         let jetstream = jetstream::new(client.clone());
         jetstream
             .get_or_create_stream(stream::Config {
@@ -67,7 +69,13 @@ impl NatsBus {
             })
             .await
             .context("cannot create the JetStream stream")?;
-        Ok(Self { client, jetstream, config, groups: Arc::default(), cancel })
+        Ok(Self {
+            client,
+            jetstream,
+            config,
+            groups: Arc::default(),
+            cancel,
+        })
     }
 
     fn subject(&self, kind: &str) -> String {
@@ -109,7 +117,10 @@ impl NatsBus {
 
     async fn handle(&self, subscription: &Subscription, message: &jetstream::Message) -> anyhow::Result<()> {
         let ack = |kind| async move { message.ack_with(kind).await.map_err(|err| anyhow::anyhow!(err)) };
-        let event = match std::str::from_utf8(&message.payload).map_err(anyhow::Error::from).and_then(|raw| Ok(Event::from_json(raw)?)) {
+        let event = match std::str::from_utf8(&message.payload)
+            .map_err(anyhow::Error::from)
+            .and_then(|raw| Ok(Event::from_json(raw)?))
+        {
             Ok(event) => event,
             Err(err) => {
                 tracing::error!(group = %subscription.group, error = %err, "unreadable event on the bus terminated");
@@ -158,13 +169,21 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
-        let fresh = self.groups.lock().map_err(|_| anyhow::anyhow!("bus lock poisoned"))?.insert(subscription.group.clone());
+        let fresh = self
+            .groups
+            .lock()
+            .map_err(|_| anyhow::anyhow!("bus lock poisoned"))?
+            .insert(subscription.group.clone());
         anyhow::ensure!(fresh, "consumer group `{}` is already subscribed", subscription.group);
         let filter_subject = match subscription.types.as_slice() {
             [only] if only != "*" => self.subject(only),
             _ => format!("{}.>", self.config.subject_prefix),
         };
-        let stream = self.jetstream.get_stream(&self.config.stream).await.context("JetStream stream missing")?;
+        let stream = self
+            .jetstream
+            .get_stream(&self.config.stream)
+            .await
+            .context("JetStream stream missing")?;
         let consumer = stream
             .get_or_create_consumer(
                 &subscription.group,

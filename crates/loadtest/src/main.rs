@@ -1,0 +1,210 @@
+//! `loadtest`: drives a running Mercato on this machine with a bounded number of requests from
+//! concurrent workers and prints throughput and latency percentiles.
+//!
+//! Scenarios:
+//! - `login`: registers `--users` accounts, then logs them in round-robin (argon2-bound).
+//! - `get --path P`: GETs a path, optionally with a customer's token (`--auth`).
+//!
+//! Every loop is bounded by `--requests` and `--max-seconds`; only loopback targets are allowed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for a local Mercato")]
+struct Args {
+    /// Base URL of the target (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Total requests to send (the loop stops at whichever bound comes first).
+    #[arg(long, default_value_t = 2_000)]
+    requests: u64,
+    /// Time bound of the measured phase.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Log in existing accounts round-robin.
+    Login {
+        /// How many accounts to register first.
+        #[arg(long, default_value_t = 32)]
+        users: usize,
+    },
+    /// GET a path.
+    Get {
+        #[arg(long)]
+        path: String,
+        /// Send a customer's bearer token.
+        #[arg(long)]
+        auth: bool,
+    },
+}
+
+const PASSWORD: &str = "load test passphrase";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let url = reqwest::Url::parse(&args.url).context("invalid --url")?;
+    let host = url.host_str().unwrap_or_default();
+    anyhow::ensure!(
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") || host.starts_with("127."),
+        "loadtest only targets this machine (loopback), not {host}"
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let run = format!(
+        "{:x}",
+        Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
+    );
+
+    let emails = match &args.scenario {
+        Scenario::Login { users } => register(&client, &base, &run, *users).await?,
+        Scenario::Get { auth: true, .. } => register(&client, &base, &run, 1).await?,
+        Scenario::Get { .. } => Vec::new(),
+    };
+    let token = match &args.scenario {
+        Scenario::Get { auth: true, .. } => Some(login(&client, &base, &emails[0]).await?),
+        _ => None,
+    };
+
+    let issued = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let started = Instant::now();
+    let workers = (0..args.concurrency).map(|_| {
+        let (client, base, issued, emails, token) = (
+            client.clone(),
+            base.clone(),
+            issued.clone(),
+            emails.clone(),
+            token.clone(),
+        );
+        let scenario = match &args.scenario {
+            Scenario::Login { .. } => None,
+            Scenario::Get { path, .. } => Some(path.clone()),
+        };
+        let total = args.requests;
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= total || Instant::now() >= deadline {
+                    break;
+                }
+                let begin = Instant::now();
+                let ok = match &scenario {
+                    None => {
+                        let email = &emails[(n as usize) % emails.len()];
+                        let body = json!({"email": email, "password": PASSWORD});
+                        client
+                            .post(format!("{base}/api/v1/auth/login"))
+                            .json(&body)
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success())
+                    }
+                    Some(path) => {
+                        let mut request = client.get(format!("{base}{path}"));
+                        if let Some(token) = &token {
+                            request = request.bearer_auth(token);
+                        }
+                        match request.send().await {
+                            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                            Err(_) => false,
+                        }
+                    }
+                };
+                latencies.push(begin.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        })
+    });
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for result in futures::future::join_all(workers).await {
+        let (mut l, e) = result?;
+        latencies.append(&mut l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    report(&latencies, errors, elapsed, args.concurrency);
+    Ok(())
+}
+
+async fn register(client: &reqwest::Client, base: &str, run: &str, users: usize) -> anyhow::Result<Vec<String>> {
+    let mut emails = Vec::with_capacity(users);
+    for i in 0..users {
+        let email = format!("load-{run}-{i}@example.com");
+        let body = json!({"email": email, "full_name": "Load Test", "password": PASSWORD});
+        let response = client
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "registration failed: {}",
+            response.status()
+        );
+        emails.push(email);
+    }
+    Ok(emails)
+}
+
+async fn login(client: &reqwest::Client, base: &str, email: &str) -> anyhow::Result<String> {
+    let body = json!({"email": email, "password": PASSWORD});
+    let reply: serde_json::Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    reply["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no access token")
+}
+
+fn report(latencies: &[Duration], errors: u64, elapsed: Duration, concurrency: usize) {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    let percentile = |p: f64| -> f64 {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let index = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+        sorted[index].as_secs_f64() * 1000.0
+    };
+    let count = sorted.len();
+    println!(
+        "requests: {count} in {:.2} s with {concurrency} workers, errors: {errors}",
+        elapsed.as_secs_f64()
+    );
+    println!("throughput: {:.1} requests/s", count as f64 / elapsed.as_secs_f64());
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(50.0),
+        percentile(90.0),
+        percentile(99.0),
+        percentile(100.0)
+    );
+}
