@@ -151,6 +151,7 @@ impl App {
             BusKind::Log => {
                 let db = open_db(&config, "bus").await?;
                 let log = LogBus::open(db.clone(), cancel.clone()).await?;
+                log.spawn_pruner(Duration::from_secs(config.bus.log_retention_hours.saturating_mul(3600)));
                 (Arc::new(log.clone()), Some(log), vec![db])
             }
             BusKind::Nats => {

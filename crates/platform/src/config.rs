@@ -98,6 +98,8 @@ pub struct BusConfig {
     pub nats_subject_prefix: String,
     pub max_attempts: u32,
     pub retry_base_ms: u64,
+    /// The in-process log keeps events every group has consumed this long, then prunes them.
+    pub log_retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +190,7 @@ impl Default for BusConfig {
             nats_subject_prefix: "mercato.events".to_owned(),
             max_attempts: 3,
             retry_base_ms: 200,
+            log_retention_hours: 7 * 24,
         }
     }
 }

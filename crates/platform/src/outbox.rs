@@ -106,6 +106,11 @@ impl Outbox {
             .await
     }
 
+    /// Events not yet published, and when the oldest of them was written (unix ms).
+    pub async fn lag(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
+        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox").fetch_one(self.db.reader()).await
+    }
+
     /// Starts the relay: publishes outbox rows in order and deletes each once the bus has it.
     /// A row whose publish fails stays and is retried; the bus deduplicates on the event id,
     /// so a crash between publish and delete only causes a duplicate the bus drops.
@@ -132,8 +137,10 @@ impl Outbox {
                         Duration::from_millis(100 * 2u64.pow(failures.min(6)))
                     }
                 };
-                if let Ok(pending) = outbox.pending().await {
+                if let Ok((pending, oldest)) = outbox.lag().await {
                     metrics::gauge!("mercato_outbox_pending", "service" => service).set(pending as f64);
+                    let age = oldest.map_or(0.0, |at| (crate::clock::now_ms() - at).max(0) as f64 / 1000.0);
+                    metrics::gauge!("mercato_outbox_oldest_age_seconds", "service" => service).set(age);
                 }
                 tokio::select! {
                     () = cancel.cancelled() => break,

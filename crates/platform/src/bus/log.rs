@@ -85,6 +85,38 @@ impl LogBus {
             .collect()
     }
 
+    /// Deletes events published before `cutoff_ms` (unix ms) that every consumer group has
+    /// passed; answers how many. A group subscribed later starts from the oldest event kept.
+    pub async fn prune(&self, cutoff_ms: i64) -> anyhow::Result<u64> {
+        let deleted = sqlx::query(
+            "DELETE FROM bus_log WHERE published_at < $1
+               AND seq <= (SELECT COALESCE(MIN(position), 0) FROM bus_positions)",
+        )
+        .bind(cutoff_ms)
+        .execute(self.db.writer())
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    /// Prunes events older than `retention` once an hour until the bus is cancelled.
+    pub fn spawn_pruner(&self, retention: Duration) {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let cutoff = crate::clock::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+                match bus.prune(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "old events pruned from the event log"),
+                    Err(err) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the event log"),
+                }
+                tokio::select! {
+                    () = bus.cancel.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+
     async fn next_batch(&self, subscription: &Subscription, after: i64) -> anyhow::Result<Vec<(i64, String)>> {
         let all = subscription.types.iter().any(|t| t == "*");
         let rows = if all {

@@ -470,3 +470,37 @@ async fn log_bus_keeps_events_and_group_positions_across_a_restart() -> anyhow::
     after_db.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_bus_prunes_only_old_events_every_group_has_passed() -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    let cancel = CancellationToken::new();
+    let (bus, db) = open_log_at(&dir.path().join("bus.db"), &cancel).await?;
+    let (everything, placed_only) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+    for (group, types, tally) in [("all", "*", &everything), ("placed", "order.placed", &placed_only)] {
+        let subscription =
+            Subscription { group: group.to_owned(), types: vec![types.to_owned()], handler: tally.clone(), retry: RETRY };
+        bus.subscribe(subscription).await?;
+    }
+    let (placed, paid) = (event("order.placed", 1), event("order.paid", 2));
+    bus.publish(&placed).await?;
+    bus.publish(&paid).await?;
+    assert_eq!(everything.received(2).await.len(), 2);
+    assert_eq!(placed_only.received(1).await, vec![placed.clone()]);
+    let log = &bus;
+    eventually(DEADLINE, || async move {
+        let ready = log.position("all").await.ok()? >= 2 && log.position("placed").await.ok()? >= 1;
+        ready.then_some(())
+    })
+    .await
+    .expect("both positions stored");
+
+    let before_publication = platform::clock::now_ms() - 60_000;
+    assert_eq!(bus.prune(before_publication).await?, 0, "nothing is old enough");
+    let later = platform::clock::now_ms() + 1;
+    assert_eq!(bus.prune(later).await?, 1, "only the event both groups passed");
+    assert_eq!(bus.events().await?, vec![paid], "the event the `placed` group has not passed stays");
+    cancel.cancel();
+    db.close().await;
+    Ok(())
+}
