@@ -108,7 +108,9 @@ impl Outbox {
 
     /// Events not yet published, and when the oldest of them was written (unix ms).
     pub async fn lag(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
-        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox").fetch_one(self.db.reader()).await
+        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox")
+            .fetch_one(self.db.reader())
+            .await
     }
 
     /// Starts the relay: publishes outbox rows in order and deletes each once the bus has it.

@@ -7,4 +7,5 @@ mod edge;
 mod events;
 mod helpers;
 mod jwt;
+mod logs;
 mod postgres;

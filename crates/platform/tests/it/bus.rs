@@ -478,8 +478,12 @@ async fn log_bus_prunes_only_old_events_every_group_has_passed() -> anyhow::Resu
     let (bus, db) = open_log_at(&dir.path().join("bus.db"), &cancel).await?;
     let (everything, placed_only) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
     for (group, types, tally) in [("all", "*", &everything), ("placed", "order.placed", &placed_only)] {
-        let subscription =
-            Subscription { group: group.to_owned(), types: vec![types.to_owned()], handler: tally.clone(), retry: RETRY };
+        let subscription = Subscription {
+            group: group.to_owned(),
+            types: vec![types.to_owned()],
+            handler: tally.clone(),
+            retry: RETRY,
+        };
         bus.subscribe(subscription).await?;
     }
     let (placed, paid) = (event("order.placed", 1), event("order.paid", 2));
@@ -499,7 +503,11 @@ async fn log_bus_prunes_only_old_events_every_group_has_passed() -> anyhow::Resu
     assert_eq!(bus.prune(before_publication).await?, 0, "nothing is old enough");
     let later = platform::clock::now_ms() + 1;
     assert_eq!(bus.prune(later).await?, 1, "only the event both groups passed");
-    assert_eq!(bus.events().await?, vec![paid], "the event the `placed` group has not passed stays");
+    assert_eq!(
+        bus.events().await?,
+        vec![paid],
+        "the event the `placed` group has not passed stays"
+    );
     cancel.cancel();
     db.close().await;
     Ok(())
