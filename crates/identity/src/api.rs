@@ -125,24 +125,6 @@ pub struct ChangePasswordRequest {
     pub new_password: String,
 }
 
-/// An address; on update, absent fields keep their value.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddressRequest {
-    pub label: Option<String>,
-    pub full_name: Option<String>,
-    pub phone: Option<String>,
-    pub line1: Option<String>,
-    pub line2: Option<String>,
-    pub city: Option<String>,
-    pub region: Option<String>,
-    pub postal_code: Option<String>,
-    /// ISO 3166-1 alpha-2.
-    pub country: Option<String>,
-    /// Make this the default address (the previous default stops being one).
-    pub is_default: Option<bool>,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminUpdateUserRequest {
@@ -257,23 +239,6 @@ impl From<AddressRow> for AddressView {
             is_default: a.is_default == 1,
             created_at: rfc3339(a.created_at),
             updated_at: rfc3339(a.updated_at),
-        }
-    }
-}
-
-impl From<AddressRequest> for AddressInput {
-    fn from(r: AddressRequest) -> Self {
-        Self {
-            label: r.label,
-            full_name: r.full_name,
-            phone: r.phone,
-            line1: r.line1,
-            line2: r.line2,
-            city: r.city,
-            region: r.region,
-            postal_code: r.postal_code,
-            country: r.country,
-            is_default: r.is_default,
         }
     }
 }
@@ -453,14 +418,14 @@ async fn list_addresses(State(identity): State<Arc<Identity>>, user: CurrentUser
 }
 
 /// Add an address. The first one becomes the default.
-#[utoipa::path(post, path = "/api/v1/users/me/addresses", tag = "users", security(("bearer" = [])), request_body = AddressRequest,
+#[utoipa::path(post, path = "/api/v1/users/me/addresses", tag = "users", security(("bearer" = [])), request_body = AddressInput,
     responses((status = 201, body = AddressView), (status = 422, body = Problem)))]
 async fn create_address(
     State(identity): State<Arc<Identity>>,
     user: CurrentUser,
-    Json(body): Json<AddressRequest>,
+    Json(body): Json<AddressInput>,
 ) -> ApiResult<impl IntoResponse> {
-    let address = identity.save_address(user.id, None, body.into()).await?;
+    let address = identity.save_address(user.id, None, body).await?;
     Ok((StatusCode::CREATED, Json(AddressView::from(address))))
 }
 
@@ -477,17 +442,15 @@ async fn get_address(
 
 /// Change an address; `is_default: true` makes it the default.
 #[utoipa::path(patch, path = "/api/v1/users/me/addresses/{id}", tag = "users", security(("bearer" = [])),
-    params(("id" = Uuid, Path)), request_body = AddressRequest,
+    params(("id" = Uuid, Path)), request_body = AddressInput,
     responses((status = 200, body = AddressView), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn update_address(
     State(identity): State<Arc<Identity>>,
     user: CurrentUser,
     Path(id): Path<Uuid>,
-    Json(body): Json<AddressRequest>,
+    Json(body): Json<AddressInput>,
 ) -> ApiResult<Json<AddressView>> {
-    Ok(Json(
-        identity.save_address(user.id, Some(id), body.into()).await?.into(),
-    ))
+    Ok(Json(identity.save_address(user.id, Some(id), body).await?.into()))
 }
 
 /// Delete an address; if it was the default, the newest other address becomes the default.

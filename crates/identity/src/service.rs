@@ -40,8 +40,9 @@ pub struct Session {
     pub expires_in: u64,
 }
 
-/// Fields a user may change about an address; `None` leaves a field as it is on update.
-#[derive(Debug, Clone, Default)]
+/// An address as a user sends it; on update, absent fields keep their value.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddressInput {
     pub label: Option<String>,
     pub full_name: Option<String>,
@@ -51,7 +52,9 @@ pub struct AddressInput {
     pub city: Option<String>,
     pub region: Option<String>,
     pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2.
     pub country: Option<String>,
+    /// Make this the default address (the previous default stops being one).
     pub is_default: Option<bool>,
 }
 

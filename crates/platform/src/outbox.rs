@@ -18,7 +18,7 @@ pub const PLATFORM_MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "outbox, processed events, dead letters",
     sql: "CREATE TABLE outbox (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq SERIAL_KEY,
             event_id TEXT NOT NULL UNIQUE,
             event_type TEXT NOT NULL,
             payload TEXT NOT NULL,
@@ -40,31 +40,7 @@ pub const PLATFORM_MIGRATIONS: &[Migration] = &[Migration {
             replayed_at BIGINT,
             replay_error TEXT);
           CREATE INDEX dead_letters_open ON dead_letters (replayed_at, id)",
-    postgres: Some(
-        "CREATE TABLE outbox (
-            seq BIGSERIAL PRIMARY KEY,
-            event_id TEXT NOT NULL UNIQUE,
-            event_type TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            created_at BIGINT NOT NULL);
-          CREATE TABLE processed_events (
-            consumer TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            processed_at BIGINT NOT NULL,
-            PRIMARY KEY (consumer, event_id));
-          CREATE TABLE dead_letters (
-            id TEXT PRIMARY KEY,
-            consumer TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            event_type TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            error TEXT NOT NULL,
-            attempts BIGINT NOT NULL,
-            created_at BIGINT NOT NULL,
-            replayed_at BIGINT,
-            replay_error TEXT);
-          CREATE INDEX dead_letters_open ON dead_letters (replayed_at, id)",
-    ),
+    postgres: None,
 }];
 
 /// Writes `event` to the outbox inside the caller's transaction.

@@ -213,8 +213,11 @@ impl Db {
         pending.sort_by_key(|m| m.version);
         for migration in pending {
             let sql = match self.backend {
-                Backend::Postgres => migration.postgres.unwrap_or(migration.sql),
-                Backend::Sqlite => migration.sql,
+                Backend::Postgres => migration
+                    .postgres
+                    .unwrap_or(migration.sql)
+                    .replace(SERIAL_KEY, "BIGSERIAL PRIMARY KEY"),
+                Backend::Sqlite => migration.sql.replace(SERIAL_KEY, "INTEGER PRIMARY KEY AUTOINCREMENT"),
             };
             let mut tx = sqlx::Connection::begin(&mut **conn).await?;
             for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
@@ -242,8 +245,12 @@ impl Db {
     }
 }
 
+/// Written in a migration where an auto-incrementing 64-bit key is wanted; each engine gets its
+/// own spelling (`INTEGER PRIMARY KEY AUTOINCREMENT`, `BIGSERIAL PRIMARY KEY`).
+pub const SERIAL_KEY: &str = "SERIAL_KEY";
+
 /// One schema change. `sql` holds `;`-separated statements (no `;` inside literals);
-/// `postgres` replaces it on PostgreSQL where the dialects differ.
+/// `postgres` replaces it on PostgreSQL where the dialects differ beyond [`SERIAL_KEY`].
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: i64,

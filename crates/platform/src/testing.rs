@@ -29,18 +29,7 @@ pub async fn postgres_db() -> anyhow::Result<Option<Db>> {
         return Ok(None);
     };
     let schema = format!("t_{}", crate::id::new_id().simple());
-    let admin = Db::connect(
-        &url,
-        &DbOptions {
-            max_connections: 1,
-            ..DbOptions::default()
-        },
-    )
-    .await?;
-    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
-        .execute(admin.writer())
-        .await?;
-    admin.close().await;
+    execute_on_server(&url, &format!("CREATE SCHEMA \"{schema}\"")).await?;
     let options = DbOptions {
         max_connections: 10,
         search_path: Some(schema),
@@ -102,19 +91,24 @@ pub async fn postgres_database_url() -> anyhow::Result<Option<String>> {
         return Ok(None);
     };
     let name = format!("mercato_t_{}", crate::id::new_id().simple());
+    execute_on_server(&url, &format!("CREATE DATABASE \"{name}\"")).await?;
+    let mut parsed = reqwest::Url::parse(&url)?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(Some(parsed.to_string()))
+}
+
+/// Runs one statement on the server at `url` through a short-lived connection.
+async fn execute_on_server(url: &str, sql: &str) -> anyhow::Result<()> {
     let admin = Db::connect(
-        &url,
+        url,
         &DbOptions {
             max_connections: 1,
             ..DbOptions::default()
         },
     )
     .await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(admin.writer())
-        .await?;
+    let result = sqlx::query(sql).execute(admin.writer()).await;
     admin.close().await;
-    let mut parsed = reqwest::Url::parse(&url)?;
-    parsed.set_path(&format!("/{name}"));
-    Ok(Some(parsed.to_string()))
+    result?;
+    Ok(())
 }

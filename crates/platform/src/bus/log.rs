@@ -21,7 +21,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "event log and consumer positions",
     sql: "CREATE TABLE bus_log (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq SERIAL_KEY,
             event_id TEXT NOT NULL UNIQUE,
             event_type TEXT NOT NULL,
             payload TEXT NOT NULL,
@@ -30,18 +30,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           CREATE TABLE bus_positions (
             consumer TEXT PRIMARY KEY,
             position BIGINT NOT NULL)",
-    postgres: Some(
-        "CREATE TABLE bus_log (
-            seq BIGSERIAL PRIMARY KEY,
-            event_id TEXT NOT NULL UNIQUE,
-            event_type TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            published_at BIGINT NOT NULL);
-          CREATE INDEX bus_log_type ON bus_log (event_type, seq);
-          CREATE TABLE bus_positions (
-            consumer TEXT PRIMARY KEY,
-            position BIGINT NOT NULL)",
-    ),
+    postgres: None,
 }];
 
 const BATCH: i64 = 200;
@@ -224,12 +213,7 @@ impl Bus for LogBus {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
-        let fresh = self
-            .groups
-            .lock()
-            .map_err(|_| anyhow::anyhow!("bus lock poisoned"))?
-            .insert(subscription.group.clone());
-        anyhow::ensure!(fresh, "consumer group `{}` is already subscribed", subscription.group);
+        super::claim_group(&self.groups, &subscription.group)?;
         tokio::spawn(self.clone().run(subscription));
         Ok(())
     }

@@ -75,6 +75,19 @@ impl RetryPolicy {
     }
 }
 
+/// Registers `group` as subscribed in this process; a second subscription is an error.
+pub(crate) fn claim_group(
+    groups: &std::sync::Mutex<std::collections::HashSet<String>>,
+    group: &str,
+) -> anyhow::Result<()> {
+    let fresh = groups
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(group.to_owned());
+    anyhow::ensure!(fresh, "consumer group `{group}` is already subscribed");
+    Ok(())
+}
+
 /// The all-attempts path shared by buses that retry in process: deliver, back off, retry, and
 /// dead-letter after the last failure. Answers `Err` only when even dead-lettering failed, in
 /// which case the event must not be acknowledged.

@@ -169,12 +169,7 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
-        let fresh = self
-            .groups
-            .lock()
-            .map_err(|_| anyhow::anyhow!("bus lock poisoned"))?
-            .insert(subscription.group.clone());
-        anyhow::ensure!(fresh, "consumer group `{}` is already subscribed", subscription.group);
+        super::claim_group(&self.groups, &subscription.group)?;
         let filter_subject = match subscription.types.as_slice() {
             [only] if only != "*" => self.subject(only),
             _ => format!("{}.>", self.config.subject_prefix),
