@@ -44,6 +44,8 @@ pub fn router(identity: Arc<Identity>, verifier: Arc<TokenVerifier>) -> Router {
         .route("/api/v1/auth/email/verify/resend", post(resend_verification))
         .route("/api/v1/users/me", get(me).patch(update_me))
         .route("/api/v1/users/me/password", post(change_password))
+        .route("/api/v1/users/me/sessions", get(list_sessions).delete(end_all_sessions))
+        .route("/api/v1/users/me/sessions/{id}", axum::routing::delete(end_session))
         .route("/api/v1/users/me/addresses", get(list_addresses).post(create_address))
         .route(
             "/api/v1/users/me/addresses/{id}",
@@ -60,7 +62,7 @@ pub fn router(identity: Arc<Identity>, verifier: Arc<TokenVerifier>) -> Router {
 #[openapi(
     paths(
         register, login, refresh, logout, forgot_password, reset_password, verify_email, resend_verification,
-        me, update_me, change_password, list_addresses, create_address, get_address, update_address, delete_address,
+        me, update_me, change_password, list_sessions, end_session, end_all_sessions, list_addresses, create_address, get_address, update_address, delete_address,
         admin_list_users, admin_get_user, admin_update_user, jwks
     ),
     components(schemas(Problem, Role, JwkSet)),
@@ -403,6 +405,58 @@ async fn change_password(
     identity
         .change_password(user.id, &body.current_password, &body.new_password)
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- sessions -------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// The session id (the `sid` claim of its access tokens).
+    pub id: String,
+    pub started_at: String,
+    pub refreshed_at: String,
+    pub expires_at: String,
+    /// True for the session the request's access token belongs to.
+    pub current: bool,
+}
+
+/// The caller's open sessions, most recently refreshed first.
+#[utoipa::path(get, path = "/api/v1/users/me/sessions", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Vec<SessionView>)))]
+async fn list_sessions(State(identity): State<Arc<Identity>>, user: CurrentUser) -> ApiResult<Json<Vec<SessionView>>> {
+    let sessions = identity.sessions(user.id).await?;
+    Ok(Json(
+        sessions
+            .into_iter()
+            .map(|s| SessionView {
+                current: s.family_id == user.session_id,
+                id: s.family_id,
+                started_at: rfc3339(s.started_at),
+                refreshed_at: rfc3339(s.refreshed_at),
+                expires_at: rfc3339(s.expires_at),
+            })
+            .collect(),
+    ))
+}
+
+/// End one of the caller's sessions: its refresh token stops working.
+#[utoipa::path(delete, path = "/api/v1/users/me/sessions/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+async fn end_session(
+    State(identity): State<Arc<Identity>>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    identity.end_session(user.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Log out everywhere: every session of the caller ends.
+#[utoipa::path(delete, path = "/api/v1/users/me/sessions", tag = "users", security(("bearer" = [])),
+    responses((status = 204)))]
+async fn end_all_sessions(State(identity): State<Arc<Identity>>, user: CurrentUser) -> ApiResult<StatusCode> {
+    identity.end_all_sessions(user.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -458,6 +458,32 @@ impl Identity {
         self.commit(tx).await
     }
 
+    // ----- sessions ---------------------------------------------------------------------------
+
+    /// The user's open sessions, most recently refreshed first.
+    pub async fn sessions(&self, user_id: Uuid) -> Result<Vec<store::SessionRow>, ApiError> {
+        Ok(store::open_sessions(self.db.reader(), &user_id.to_string(), self.now()).await?)
+    }
+
+    /// Ends one of the user's sessions (its refresh token stops working; access tokens already
+    /// issued expire on their own within the access-token lifetime).
+    pub async fn end_session(&self, user_id: Uuid, session_id: &str) -> Result<(), ApiError> {
+        let mut tx = self.db.begin().await?;
+        if !store::revoke_user_family(&mut tx, &user_id.to_string(), session_id, self.now()).await? {
+            return Err(ApiError::not_found("session"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends every session of the user ("log out everywhere").
+    pub async fn end_all_sessions(&self, user_id: Uuid) -> Result<(), ApiError> {
+        let mut tx = self.db.begin().await?;
+        store::revoke_user_sessions(&mut tx, &user_id.to_string(), self.now()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     // ----- addresses --------------------------------------------------------------------------
 
     pub async fn addresses(&self, user_id: Uuid) -> Result<Vec<AddressRow>, ApiError> {

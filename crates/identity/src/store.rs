@@ -273,6 +273,44 @@ pub async fn revoke_user_sessions(tx: &mut Tx, user_id: &str, now: i64) -> Resul
     Ok(())
 }
 
+/// An open session: a refresh-token family whose current token is unused, unrevoked and unexpired.
+#[derive(Debug, Clone, FromRow)]
+pub struct SessionRow {
+    pub family_id: String,
+    pub started_at: i64,
+    pub refreshed_at: i64,
+    pub expires_at: i64,
+}
+
+pub async fn open_sessions(pool: &AnyPool, user_id: &str, now: i64) -> Result<Vec<SessionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT r.family_id,
+                (SELECT MIN(f.created_at) FROM refresh_tokens f WHERE f.family_id = r.family_id) AS started_at,
+                r.created_at AS refreshed_at,
+                r.expires_at
+         FROM refresh_tokens r
+         WHERE r.user_id = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2
+         ORDER BY r.created_at DESC",
+    )
+    .bind(user_id)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes one session of the user; answers whether it was theirs and open.
+pub async fn revoke_user_family(tx: &mut Tx, user_id: &str, family_id: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let revoked = sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND family_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(revoked.rows_affected() > 0)
+}
+
 pub const PURPOSE_RESET: &str = "password_reset";
 pub const PURPOSE_VERIFY: &str = "email_verification";
 

@@ -339,3 +339,70 @@ async fn changing_the_password_needs_the_current_one() {
         .expect(204);
     app.login("ken@example.com", "a brand new passphrase").await.expect(200);
 }
+
+#[tokio::test]
+async fn users_see_and_end_their_own_sessions() {
+    let app = TestApp::spawn().await;
+    let phone = app.register("lena@example.com").await;
+    let laptop = app.login("lena@example.com", PASSWORD).await.expect(200).body;
+    let intruder = app.customer_token("mia@example.com").await;
+
+    let sessions = app
+        .get("/api/v1/users/me/sessions", Some(&token_of(&laptop)))
+        .await
+        .expect(200);
+    let sessions = sessions.body.as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(
+        sessions.iter().filter(|s| s["current"] == true).count(),
+        1,
+        "{sessions:?}"
+    );
+    let phone_session = sessions.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let path = format!("/api/v1/users/me/sessions/{phone_session}");
+    app.delete(&path, Some(&intruder)).await.expect_problem(404);
+    app.post(
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refresh_token": refresh_of(&phone)}),
+    )
+    .await
+    .expect(200);
+    let tablet = app.login("lena@example.com", PASSWORD).await.expect(200).body;
+    let sessions = app
+        .get("/api/v1/users/me/sessions", Some(&token_of(&laptop)))
+        .await
+        .expect(200);
+    let lost = sessions
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == false && s["id"] == phone_session.as_str())
+        .cloned();
+    assert!(lost.is_some(), "a refreshed session keeps its id");
+    app.delete(&path, Some(&token_of(&laptop))).await.expect(204);
+    app.delete(&path, Some(&token_of(&laptop))).await.expect_problem(404);
+
+    app.delete("/api/v1/users/me/sessions", Some(&token_of(&laptop)))
+        .await
+        .expect(204);
+    for session in [&laptop, &tablet] {
+        app.post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": refresh_of(session)}),
+        )
+        .await
+        .expect_problem(401);
+    }
+    let sessions = app
+        .get("/api/v1/users/me/sessions", Some(&token_of(&laptop)))
+        .await
+        .expect(200);
+    assert_eq!(sessions.body, json!([]));
+}

@@ -165,6 +165,15 @@ async fn identity_journey_on_postgres() {
         .await
         .expect_problem(409);
 
+    // Sessions: the correlated sub-query, and ending one.
+    let sessions = app.get("/api/v1/users/me/sessions", Some(&token)).await.expect(200);
+    let sessions = sessions.body.as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 1, "the reset ended every earlier session: {sessions:?}");
+    assert_eq!(sessions[0]["current"], true);
+    let path = format!("/api/v1/users/me/sessions/{}", sessions[0]["id"].as_str().unwrap());
+    app.delete(&path, Some(&token)).await.expect(204);
+    app.delete(&path, Some(&token)).await.expect_problem(404);
+
     // Signing keys: rotation keeps old tokens valid.
     app.app.identity.keys().rotate().await.unwrap();
     app.get("/api/v1/users/me", Some(&token)).await.expect(200);
