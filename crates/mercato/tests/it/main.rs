@@ -3,6 +3,7 @@
 mod accounts;
 mod addresses;
 mod admin;
+mod binary;
 mod edge;
 mod events;
 mod helpers;
