@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{id_of, refresh_of, token_of, TestApp, PASSWORD};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_then_login_then_read_me() {
     let app = TestApp::spawn().await;
     let registered = app.register("  Ada@Example.COM ").await;
@@ -28,7 +28,7 @@ async fn register_then_login_then_read_me() {
     assert_eq!(me.body["email_verified"], false);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_401_and_unknown_email_the_same() {
     let app = TestApp::spawn().await;
     app.register("bob@example.com").await;
@@ -46,7 +46,7 @@ async fn wrong_password_is_401_and_unknown_email_the_same() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_email_is_409_whatever_the_case() {
     let app = TestApp::spawn().await;
     app.register("carol@example.com").await;
@@ -54,7 +54,7 @@ async fn duplicate_email_is_409_whatever_the_case() {
     app.post("/api/v1/auth/register", None, body).await.expect_problem(409);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_validates_every_field_and_stores_nothing_when_invalid() {
     let app = TestApp::spawn().await;
     let cases = [
@@ -91,7 +91,7 @@ async fn registration_validates_every_field_and_stores_nothing_when_invalid() {
     app.register("a@example.com").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_cannot_be_mass_assigned() {
     let app = TestApp::spawn().await;
     let body = json!({"email": "mallory@example.com", "full_name": "M", "password": PASSWORD, "role": "admin"});
@@ -110,7 +110,7 @@ async fn role_cannot_be_mass_assigned() {
     assert_eq!(renamed.body["full_name"], "Mallory M");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
     let app = TestApp::spawn().await;
     let first = refresh_of(&app.register("dave@example.com").await);
@@ -140,7 +140,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
         .expect(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_use_of_one_refresh_token_yields_one_winner() {
     let app = TestApp::spawn().await;
     let token = refresh_of(&app.register("erin@example.com").await);
@@ -150,7 +150,7 @@ async fn concurrent_use_of_one_refresh_token_yields_one_winner() {
     assert_eq!(winners, 1, "exactly one rotation of one token");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_the_session() {
     let app = TestApp::spawn().await;
     let refresh = refresh_of(&app.register("frank@example.com").await);
@@ -193,7 +193,7 @@ async fn reset_token(app: &TestApp, user_id: &str) -> String {
     event.data["token"].as_str().expect("token in event").to_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_token_works_once_and_ends_sessions() {
     let app = TestApp::spawn().await;
     let registered = app.register("grace@example.com").await;
@@ -226,7 +226,7 @@ async fn reset_token_works_once_and_ends_sessions() {
     .expect_problem(401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_token_expires() {
     let app = TestApp::spawn().await;
     let user_id = id_of(&app.register("grace@example.com").await);
@@ -242,7 +242,7 @@ async fn reset_token_expires() {
     app.login("grace@example.com", PASSWORD).await.expect(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_reset_link_voids_the_previous_one() {
     let app = TestApp::spawn().await;
     let user_id = id_of(&app.register("grace@example.com").await);
@@ -264,7 +264,7 @@ async fn a_new_reset_link_voids_the_previous_one() {
     .expect(204);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgot_password_answers_the_same_for_unknown_emails() {
     let app = TestApp::spawn().await;
     app.register("heidi@example.com").await;
@@ -287,7 +287,7 @@ async fn forgot_password_answers_the_same_for_unknown_emails() {
     assert_eq!(known.body, unknown.body);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_verification_token_verifies_once() {
     let app = TestApp::spawn().await;
     let registered = app.register("ivan@example.com").await;
@@ -309,7 +309,7 @@ async fn email_verification_token_verifies_once() {
         .expect_problem(409);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_login_failures_are_throttled_with_retry_after() {
     let app = TestApp::spawn().await;
     app.register("judy@example.com").await;
@@ -325,7 +325,7 @@ async fn repeated_login_failures_are_throttled_with_retry_after() {
     app.login("judy@example.com", PASSWORD).await.expect(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_the_password_needs_the_current_one() {
     let app = TestApp::spawn().await;
     let token = app.customer_token("ken@example.com").await;
@@ -340,7 +340,7 @@ async fn changing_the_password_needs_the_current_one() {
     app.login("ken@example.com", "a brand new passphrase").await.expect(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_see_and_end_their_own_sessions() {
     let app = TestApp::spawn().await;
     let phone = app.register("lena@example.com").await;

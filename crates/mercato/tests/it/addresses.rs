@@ -19,7 +19,7 @@ async fn defaults(app: &TestApp, token: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_default_address() {
     let app = TestApp::spawn().await;
     let token = app.customer_token("ada@example.com").await;
@@ -63,7 +63,7 @@ async fn exactly_one_default_address() {
     app.get(&path, Some(&token)).await.expect_problem(404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_are_validated() {
     let app = TestApp::spawn().await;
     let token = app.customer_token("ada@example.com").await;
@@ -88,7 +88,7 @@ async fn addresses_are_validated() {
     assert_eq!(list.body, json!([]), "an invalid address stores nothing");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_a_cannot_read_or_change_user_b_addresses() {
     let app = TestApp::spawn().await;
     let alice = app.customer_token("alice@example.com").await;

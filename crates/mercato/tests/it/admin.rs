@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::helpers::{id_of, refresh_of, TestApp, PASSWORD};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_get_403_on_admin_routes() {
     let app = TestApp::spawn().await;
     let customer = app.customer_token("cust@example.com").await;
@@ -35,7 +35,7 @@ async fn customers_get_403_on_admin_routes() {
     app.get("/api/v1/admin/users", None).await.expect_problem(401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_list_and_search_users_page_by_page() {
     let app = TestApp::spawn().await;
     for i in 0..5 {
@@ -85,7 +85,7 @@ async fn admins_list_and_search_users_page_by_page() {
     assert_eq!(capped.body["items"].as_array().unwrap().len(), 7);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_change_roles_with_optimistic_locking() {
     let app = TestApp::spawn().await;
     let user = app.register("seller@example.com").await;
@@ -115,7 +115,7 @@ async fn admins_change_roles_with_optimistic_locking() {
     assert_eq!(me.body["role"], "seller", "new tokens carry the new role");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_users_cannot_log_in_or_refresh() {
     let app = TestApp::spawn().await;
     let user = app.register("gone@example.com").await;
@@ -141,7 +141,7 @@ async fn disabled_users_cannot_log_in_or_refresh() {
     app.login("gone@example.com", PASSWORD).await.expect(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_cannot_lock_themselves_out() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;

@@ -61,7 +61,7 @@ async fn registered_events(data_dir: &std::path::Path, subject: &str) -> usize {
     count
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_binary_restarts_with_its_users_and_events() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::helpers::TestApp;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_limit_answers_429_with_retry_after() {
     let app = TestApp::spawn_with(|c| c.rate_limit.per_user_per_minute = 5, Vec::new()).await;
     let token = app.customer_token("busy@example.com").await;
@@ -19,7 +19,7 @@ async fn per_user_limit_answers_429_with_retry_after() {
     app.get("/api/v1/users/me", Some(&other)).await.expect(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_limit_applies_to_anonymous_callers() {
     let app = TestApp::spawn_with(|c| c.rate_limit.per_ip_per_minute = 3, Vec::new()).await;
     for _ in 0..3 {
@@ -29,7 +29,7 @@ async fn per_ip_limit_applies_to_anonymous_callers() {
     assert!(limited.headers.contains_key("retry-after"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_413_and_change_nothing() {
     let app = TestApp::spawn_with(|c| c.http.body_limit_bytes = 1024, Vec::new()).await;
     let body = json!({"email": "big@example.com", "full_name": "x".repeat(4096), "password": "correct horse battery"});
@@ -39,7 +39,7 @@ async fn oversized_bodies_are_413_and_change_nothing() {
         .expect_problem(401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_wrong_methods_and_internal_routes_are_problems() {
     let app = TestApp::spawn().await;
     app.get("/api/v1/nothing-here", None).await.expect_problem(401);
@@ -51,7 +51,7 @@ async fn unknown_routes_wrong_methods_and_internal_routes_are_problems() {
     app.post("/internal/jobs", None, json!({})).await.expect_problem(404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_400_and_wrong_types_422() {
     let app = TestApp::spawn().await;
     let reply = app
@@ -77,7 +77,7 @@ async fn malformed_json_is_400_and_wrong_types_422() {
     assert_eq!(no_type.status(), 400);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_allows_only_configured_origins() {
     let app = TestApp::spawn_with(
         |c| c.http.cors_origins = vec!["https://shop.example".to_owned()],
@@ -98,7 +98,7 @@ async fn cors_allows_only_configured_origins() {
     assert!(!refused.headers().contains_key("access-control-allow-origin"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_correlation_ids_are_returned() {
     let app = TestApp::spawn().await;
     let reply = app
@@ -124,7 +124,7 @@ async fn request_and_correlation_ids_are_returned() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correlation_id_travels_into_events() {
     let app = TestApp::spawn().await;
     let reply = app
@@ -143,7 +143,7 @@ async fn correlation_id_travels_into_events() {
     assert_eq!(event.correlationid.as_deref(), Some("signup-campaign-7"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_docs_health_and_metrics_are_served() {
     let app = TestApp::spawn().await;
     let spec = app.get("/api/openapi.json", None).await.expect(200);
@@ -178,7 +178,7 @@ async fn openapi_docs_health_and_metrics_are_served() {
     assert!(metrics.contains("mercato_dead_letters_open"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_process_has_no_edge_limits_but_still_checks_tokens() {
     let app = crate::helpers::TestApp::spawn_in_mode(
         |c| c.rate_limit.per_ip_per_minute = 1,

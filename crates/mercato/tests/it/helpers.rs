@@ -25,6 +25,10 @@ pub struct TestApp {
     pub config: Config,
     server: tokio::task::JoinHandle<()>,
     dir: Option<tempfile::TempDir>,
+    /// Open dead letters the test means to leave; any other number fails it when dropped.
+    expected_dead_letters: i64,
+    /// Set once stopped for a restart: the drop check belongs to the restarted app.
+    stopped: bool,
 }
 
 /// A response: status, headers and the body as JSON (`Null` when empty or not JSON).
@@ -125,6 +129,8 @@ impl TestApp {
             config,
             server,
             dir,
+            expected_dead_letters: 0,
+            stopped: false,
         }
     }
 
@@ -132,6 +138,7 @@ impl TestApp {
     /// restart would.
     pub async fn restart(mut self, extensions: Vec<ExtensionConsumer>) -> Self {
         self.stop().await;
+        self.stopped = true;
         let dir = self.dir.take();
         Self::start(
             self.config.clone(),
@@ -146,6 +153,31 @@ impl TestApp {
     pub async fn stop(&self) {
         self.server.abort();
         self.app.shutdown().await;
+    }
+
+    /// Declares that the test ends with `n` open dead letters on purpose.
+    pub fn expect_dead_letters(&mut self, n: i64) {
+        self.expected_dead_letters = n;
+    }
+
+    /// What a finished test must not leave behind: undelivered outbox rows (after a grace
+    /// period for the relay) or dead letters it did not declare.
+    async fn leftovers(&self) -> Option<String> {
+        let outbox = self.app.identity.outbox();
+        let drained = platform::testing::eventually(Duration::from_secs(5), || async {
+            (outbox.pending().await.ok()? == 0).then_some(())
+        })
+        .await;
+        if drained.is_none() {
+            return Some("the test ended with outbox rows the relay never published".to_owned());
+        }
+        let open = self.app.dead_letters.count().await.ok()?;
+        (open != self.expected_dead_letters).then(|| {
+            format!(
+                "the test ended with {open} open dead letters, expected {}",
+                self.expected_dead_letters
+            )
+        })
     }
 
     pub async fn request(
@@ -254,4 +286,17 @@ pub fn id_of(value: &Value) -> String {
         .or_else(|| value["user"]["id"].as_str())
         .expect("id")
         .to_owned()
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.stopped || std::thread::panicking() {
+            return;
+        }
+        let handle = tokio::runtime::Handle::current();
+        let problem = tokio::task::block_in_place(|| handle.block_on(self.leftovers()));
+        if let Some(problem) = problem {
+            panic!("{problem}");
+        }
+    }
 }

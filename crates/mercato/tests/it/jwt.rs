@@ -42,7 +42,7 @@ fn unsigned(header: Value, claims: &Value) -> String {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_stale_tokens_are_refused() {
     let app = TestApp::spawn().await;
     let user = app.register("victim@example.com").await;
@@ -143,7 +143,7 @@ async fn forged_and_stale_tokens_are_refused() {
     app.get("/api/v1/users/me", None).await.expect_problem(401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
     let app = TestApp::spawn().await;
     let old_token = app.customer_token("rot@example.com").await;

@@ -22,7 +22,7 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_logs() {
     let captured = Captured::default();
     let writer = captured.clone();

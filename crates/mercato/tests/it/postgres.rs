@@ -24,7 +24,7 @@ async fn spawn_on_postgres() -> Option<TestApp> {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_journey_on_postgres() {
     let Some(app) = spawn_on_postgres().await else { return };
     assert_eq!(app.app.identity.db().backend(), platform::store::Backend::Postgres);
