@@ -128,12 +128,24 @@ pub enum TokenError {
 /// random key ids cannot turn every request into a fetch.
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a fetched key set is trusted. After that it is fetched again, so a key the
+/// identity service retired (after rotation, once its tokens expired) stops verifying.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+}
+
 /// Verifies access tokens.
 pub struct TokenVerifier {
     source: Arc<dyn JwksSource>,
     issuer: String,
     audience: String,
-    keys: RwLock<HashMap<String, DecodingKey>>,
+    cache_ttl: Duration,
+    cache: RwLock<KeyCache>,
+    /// Serializes fetches and remembers when the last one started.
     last_fetch: Mutex<Option<Instant>>,
 }
 
@@ -148,11 +160,16 @@ impl std::fmt::Debug for TokenVerifier {
 
 impl TokenVerifier {
     pub fn new(source: Arc<dyn JwksSource>, issuer: &str, audience: &str) -> Self {
+        Self::with_cache_ttl(source, issuer, audience, DEFAULT_CACHE_TTL)
+    }
+
+    pub fn with_cache_ttl(source: Arc<dyn JwksSource>, issuer: &str, audience: &str, cache_ttl: Duration) -> Self {
         Self {
             source,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            keys: RwLock::default(),
+            cache_ttl,
+            cache: RwLock::default(),
             last_fetch: Mutex::default(),
         }
     }
@@ -163,12 +180,7 @@ impl TokenVerifier {
             return Err(TokenError::Malformed);
         }
         let kid = header.kid.ok_or(TokenError::MissingKid)?;
-        // Bind first: a read guard living through the `match` would deadlock the refetch's write.
-        let cached = self.keys.read().await.get(&kid).cloned();
-        let key = match cached {
-            Some(key) => key,
-            None => self.refetch_for(&kid).await?,
-        };
+        let key = self.key(&kid).await?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
@@ -177,15 +189,44 @@ impl TokenVerifier {
         Ok(jsonwebtoken::decode::<Claims>(token, &key, &validation)?.claims)
     }
 
-    /// Fetches the key set again (at most once per [`MIN_REFETCH_INTERVAL`]) and looks up `kid`.
-    async fn refetch_for(&self, kid: &str) -> Result<DecodingKey, TokenError> {
-        let mut last_fetch = self.last_fetch.lock().await;
-        // Another request may have fetched while this one waited for the lock.
-        if let Some(key) = self.keys.read().await.get(kid) {
-            return Ok(key.clone());
+    /// The key for `kid`: from the cache while it is fresh, else from a new fetch. When the
+    /// source is down, a stale cached key still serves (availability over freshness).
+    async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
+        let (hit, stale) = {
+            let cache = self.cache.read().await;
+            (
+                cache.keys.get(kid).cloned(),
+                cache.fetched_at.is_none_or(|at| at.elapsed() >= self.cache_ttl),
+            )
+        };
+        match (hit, stale) {
+            (Some(key), false) => Ok(key),
+            (hit, _) => match self.refetch(kid).await {
+                Err(TokenError::KeysUnavailable(reason)) => {
+                    tracing::warn!(%reason, "JWKS unavailable; using the cached keys");
+                    hit.ok_or(TokenError::KeysUnavailable(reason))
+                }
+                other => other,
+            },
         }
-        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
-            return Err(TokenError::UnknownKid);
+    }
+
+    /// Fetches the key set again (unknown `kid`s at most once per [`MIN_REFETCH_INTERVAL`])
+    /// and looks up `kid`.
+    async fn refetch(&self, kid: &str) -> Result<DecodingKey, TokenError> {
+        let mut last_fetch = self.last_fetch.lock().await;
+        {
+            // Another request may have fetched while this one waited for the lock.
+            let cache = self.cache.read().await;
+            let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < self.cache_ttl);
+            if fresh {
+                if let Some(key) = cache.keys.get(kid) {
+                    return Ok(key.clone());
+                }
+                if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+                    return Err(TokenError::UnknownKid);
+                }
+            }
         }
         *last_fetch = Some(Instant::now());
         let set = self
@@ -203,7 +244,10 @@ impl TokenVerifier {
             }
         }
         let found = keys.get(kid).cloned();
-        *self.keys.write().await = keys;
+        *self.cache.write().await = KeyCache {
+            keys,
+            fetched_at: Some(Instant::now()),
+        };
         found.ok_or(TokenError::UnknownKid)
     }
 }
@@ -284,5 +328,97 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
         let user = CurrentUser::from_request_parts(parts, state).await?;
         user.require(&[Role::Admin])?;
         Ok(Admin(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use base64::Engine;
+    use jsonwebtoken::{EncodingKey, Header};
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    use super::*;
+
+    /// A JWKS whose keys the test changes.
+    #[derive(Default)]
+    struct Published(StdMutex<Vec<Jwk>>);
+
+    #[async_trait]
+    impl JwksSource for Published {
+        async fn fetch(&self) -> anyhow::Result<JwkSet> {
+            Ok(JwkSet {
+                keys: self.0.lock().unwrap().clone(),
+            })
+        }
+    }
+
+    fn key_pair(kid: &str) -> (Jwk, EncodingKey) {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let jwk = Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x,
+            kid: kid.into(),
+            alg: "EdDSA".into(),
+            use_: "sig".into(),
+        };
+        (jwk, EncodingKey::from_ed_der(pkcs8.as_ref()))
+    }
+
+    fn token(kid: &str, key: &EncodingKey) -> String {
+        let now = crate::clock::now_ms() / 1000;
+        let claims = Claims {
+            iss: "i".into(),
+            aud: "a".into(),
+            sub: Uuid::nil().to_string(),
+            role: Role::Customer,
+            iat: now,
+            exp: now + 600,
+            sid: "s".into(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_removed_from_the_jwks_stops_verifying_once_the_cache_expires() {
+        let (old_jwk, old_key) = key_pair("old");
+        let (new_jwk, new_key) = key_pair("new");
+        let published = Arc::new(Published::default());
+        *published.0.lock().unwrap() = vec![old_jwk];
+        let verifier = TokenVerifier::with_cache_ttl(published.clone(), "i", "a", Duration::ZERO);
+        verifier
+            .verify(&token("old", &old_key))
+            .await
+            .expect("published key verifies");
+
+        *published.0.lock().unwrap() = vec![new_jwk];
+        verifier
+            .verify(&token("new", &new_key))
+            .await
+            .expect("a new key is fetched");
+        assert!(
+            verifier.verify(&token("old", &old_key)).await.is_err(),
+            "the retired key no longer verifies"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_cache_answers_without_fetching() {
+        let (jwk, key) = key_pair("k");
+        let published = Arc::new(Published::default());
+        *published.0.lock().unwrap() = vec![jwk];
+        let verifier = TokenVerifier::new(published.clone(), "i", "a");
+        verifier.verify(&token("k", &key)).await.unwrap();
+        published.0.lock().unwrap().clear();
+        verifier
+            .verify(&token("k", &key))
+            .await
+            .expect("within the TTL the cached key serves");
     }
 }

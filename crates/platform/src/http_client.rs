@@ -48,8 +48,11 @@ enum BreakerState {
     Open {
         until: Instant,
     },
-    /// One trial call is in flight; others are refused until it ends.
-    HalfOpen,
+    /// One trial call is in flight; others are refused until it ends, or until `open_for`
+    /// passes (a trial whose caller gave up never reports back).
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// Closed → (threshold failures) → open → (after `open_for`) half-open → one success closes it,
@@ -72,26 +75,38 @@ impl CircuitBreaker {
 
     /// May a call go out now?
     pub fn acquire(&self) -> bool {
-        let Ok(mut state) = self.state.lock() else { return true };
+        self.acquire_at(Instant::now())
+    }
+
+    fn acquire_at(&self, now: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match *state {
             BreakerState::Closed { .. } => true,
-            BreakerState::Open { until } if Instant::now() >= until => {
-                *state = BreakerState::HalfOpen;
+            BreakerState::Open { until } if now >= until => {
+                *state = BreakerState::HalfOpen { since: now };
                 true
             }
-            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+            BreakerState::HalfOpen { since } if now.duration_since(since) >= self.open_for => {
+                *state = BreakerState::HalfOpen { since: now };
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => false,
         }
     }
 
     pub fn record(&self, success: bool) {
-        let Ok(mut state) = self.state.lock() else { return };
+        self.record_at(success, Instant::now());
+    }
+
+    fn record_at(&self, success: bool, now: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *state = match (*state, success) {
             (_, true) => BreakerState::Closed { failures: 0 },
             (BreakerState::Closed { failures }, false) if failures + 1 < self.threshold => {
                 BreakerState::Closed { failures: failures + 1 }
             }
             (_, false) => BreakerState::Open {
-                until: Instant::now() + self.open_for,
+                until: now + self.open_for,
             },
         };
     }
@@ -263,12 +278,31 @@ mod tests {
 
     #[test]
     fn half_open_lets_one_trial_through_and_closes_on_success() {
-        let breaker = CircuitBreaker::new(1, Duration::ZERO);
-        breaker.record(false);
-        assert!(breaker.acquire(), "open_for elapsed: one trial");
-        assert!(!breaker.acquire(), "only one trial at a time");
-        breaker.record(true);
+        let t0 = Instant::now();
+        let later = |secs| t0 + Duration::from_secs(secs);
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(10));
+        breaker.record_at(false, t0);
+        assert!(!breaker.acquire_at(later(5)), "open: calls are refused");
+        assert!(breaker.acquire_at(later(10)), "open_for elapsed: one trial");
+        assert!(!breaker.acquire_at(later(11)), "only one trial at a time");
+        breaker.record_at(true, later(12));
         assert!(!breaker.is_open());
-        assert!(breaker.acquire());
+        assert!(breaker.acquire_at(later(12)));
+    }
+
+    #[test]
+    fn an_abandoned_trial_does_not_keep_the_circuit_half_open() {
+        let t0 = Instant::now();
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(10));
+        breaker.record_at(false, t0);
+        assert!(
+            breaker.acquire_at(t0 + Duration::from_secs(10)),
+            "the trial whose caller then gave up"
+        );
+        assert!(!breaker.acquire_at(t0 + Duration::from_secs(15)));
+        assert!(
+            breaker.acquire_at(t0 + Duration::from_secs(20)),
+            "another trial once open_for passed again"
+        );
     }
 }

@@ -109,7 +109,8 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request finished");
     });
     let labels = [
-        ("method", method.to_string()),
+        // A fixed set: hyper accepts any method name, and each would be a new series forever.
+        ("method", metric_method(&method).to_owned()),
         ("route", route.clone()),
         ("status", status.to_string()),
     ];
@@ -126,6 +127,19 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         headers.insert(CORRELATION_ID, value);
     }
     response
+}
+
+fn metric_method(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics` body.
