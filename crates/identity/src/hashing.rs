@@ -18,16 +18,42 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Hashes that may wait per pool thread; beyond that callers are told to come back (503), so
+/// a flood of garbage logins cannot build a backlog every real login waits behind.
+const QUEUE_PER_THREAD: usize = 32;
+
+/// Why a password could not be hashed or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The pool's queue is full.
+    #[error("password hashing is at capacity")]
+    Busy,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+impl From<HashError> for platform::ApiError {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Busy => platform::ApiError::Unavailable {
+                message: "the service is busy; retry shortly".to_owned(),
+                retry_after_secs: 1,
+            },
+            HashError::Failed(reason) => platform::ApiError::Internal(anyhow::anyhow!(reason)),
+        }
+    }
+}
+
 struct Pool {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let (jobs, queue) = mpsc::sync_channel::<Job>(threads * QUEUE_PER_THREAD);
+        let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new()
@@ -47,19 +73,22 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// Runs `work` on the hashing pool.
-async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+/// Runs `work` on the hashing pool, unless its queue is full. A job whose caller has gone
+/// (a timed-out or closed request) is skipped rather than hashed for nobody.
+async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
     let (reply, answer) = oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = reply.send(work());
+        if !reply.is_closed() {
+            let _ = reply.send(work());
+        }
     });
-    pool()
-        .jobs
-        .send(job)
-        .map_err(|_| anyhow::anyhow!("the password-hashing pool is gone"))?;
+    pool().jobs.try_send(job).map_err(|err| match err {
+        mpsc::TrySendError::Full(_) => HashError::Busy,
+        mpsc::TrySendError::Disconnected(_) => HashError::Failed("the hashing pool is gone".to_owned()),
+    })?;
     answer
         .await
-        .map_err(|_| anyhow::anyhow!("a password-hashing job was dropped"))
+        .map_err(|_| HashError::Failed("a hashing job was dropped".to_owned()))
 }
 
 /// OWASP's minimum for argon2id: 19 MiB, 2 passes, 1 lane.
@@ -135,18 +164,17 @@ fn verify_blocking(password: &str, hash: &str) -> Result<bool, password_hash::Er
 }
 
 /// The PHC string of `password` (argon2id, m=19 MiB, t=2, p=1, random salt).
-pub async fn hash(password: &str) -> anyhow::Result<String> {
+pub async fn hash(password: &str) -> Result<String, HashError> {
     let password = password.to_owned();
-    run(move || hash_blocking(&password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))).await?
+    run(move || hash_blocking(&password).map_err(|e| HashError::Failed(e.to_string()))).await?
 }
 
 /// Whether `password` matches the PHC string `hash` (with the parameters stored in it).
-pub async fn verify(password: &str, hash: &str) -> bool {
+/// An unreadable stored hash matches nothing.
+pub async fn verify(password: &str, hash: &str) -> Result<bool, HashError> {
     let password = password.to_owned();
     let hash = hash.to_owned();
-    run(move || verify_blocking(&password, &hash).unwrap_or(false))
-        .await
-        .unwrap_or(false)
+    run(move || verify_blocking(&password, &hash).unwrap_or(false)).await
 }
 
 #[cfg(test)]
@@ -157,9 +185,9 @@ mod tests {
     async fn hashes_verify_and_carry_the_owasp_parameters() {
         let phc = hash("correct horse battery").await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
-        assert!(verify("correct horse battery", &phc).await);
-        assert!(!verify("wrong horse battery", &phc).await);
-        assert!(!verify("anything", "not a phc string").await);
+        assert!(verify("correct horse battery", &phc).await.unwrap());
+        assert!(!verify("wrong horse battery", &phc).await.unwrap());
+        assert!(!verify("anything", "not a phc string").await.unwrap());
         assert_ne!(phc, hash("correct horse battery").await.unwrap(), "salted");
     }
 

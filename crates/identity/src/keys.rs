@@ -32,7 +32,7 @@ pub struct Keys {
     clock: SharedClock,
     /// Retired keys stay in the JWKS this long: the access-token lifetime plus a margin.
     retired_grace_ms: i64,
-    active: Arc<RwLock<Option<ActiveKey>>>,
+    active: Arc<RwLock<Option<Arc<ActiveKey>>>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -116,18 +116,25 @@ impl Keys {
         })
     }
 
+    /// The active key, ready to sign (read from the database at most every few seconds).
+    pub async fn signer(&self) -> anyhow::Result<Signer> {
+        if let Some(key) = self
+            .active
+            .read()
+            .await
+            .as_ref()
+            .filter(|k| k.loaded.elapsed() < ACTIVE_KEY_TTL)
+        {
+            return Ok(Signer(key.clone()));
+        }
+        let fresh = Arc::new(self.load_active().await?);
+        *self.active.write().await = Some(fresh.clone());
+        Ok(Signer(fresh))
+    }
+
     /// Signs access-token claims with the active key.
     pub async fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        {
-            let active = self.active.read().await;
-            if let Some(key) = active.as_ref().filter(|k| k.loaded.elapsed() < ACTIVE_KEY_TTL) {
-                return encode(claims, key);
-            }
-        }
-        let fresh = self.load_active().await?;
-        let token = encode(claims, &fresh)?;
-        *self.active.write().await = Some(fresh);
-        Ok(token)
+        self.signer().await?.sign(claims)
     }
 
     /// The public keys tokens may be signed with now: the active one and those retired within
@@ -156,10 +163,22 @@ impl Keys {
     }
 }
 
-fn encode(claims: &Claims, key: &ActiveKey) -> anyhow::Result<String> {
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some(key.kid.clone());
-    Ok(jsonwebtoken::encode(&header, claims, &key.key)?)
+/// A signing key taken from [`Keys::signer`]; signing needs no I/O.
+#[derive(Clone)]
+pub struct Signer(Arc<ActiveKey>);
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Signer").field(&self.0.kid).finish()
+    }
+}
+
+impl Signer {
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.0.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &self.0.key)?)
+    }
 }
 
 /// The JWKS straight from the identity database, for services in the same process.

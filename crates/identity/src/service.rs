@@ -16,7 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::domain::{self, Email, Password};
-use crate::keys::Keys;
+use crate::keys::{Keys, Signer};
 use crate::store::{self, AddressRow, UserRow, PURPOSE_RESET, PURPOSE_VERIFY};
 
 pub const SERVICE: &str = "identity";
@@ -80,11 +80,11 @@ impl std::fmt::Debug for Identity {
 }
 
 /// Hashes a password (on the hashing pool: argon2 takes tens of milliseconds of CPU).
-pub async fn hash_password(password: &Password) -> anyhow::Result<String> {
+pub async fn hash_password(password: &Password) -> Result<String, crate::hashing::HashError> {
     crate::hashing::hash(password.expose()).await
 }
 
-async fn verify_password(password: &str, hash: &str) -> bool {
+async fn verify_password(password: &str, hash: &str) -> Result<bool, crate::hashing::HashError> {
     crate::hashing::verify(password, hash).await
 }
 
@@ -255,7 +255,7 @@ impl Identity {
         let account_key = format!("login:account:{email}");
         let ip_key = client_ip.map(|ip| format!("login:ip:{ip}"));
         for key in std::iter::once(&account_key).chain(ip_key.as_ref()) {
-            if let Some(wait) = self.throttle.blocked_for(key).await {
+            if let Some(wait) = self.throttle.attempt(key).await {
                 return Err(ApiError::TooManyRequests {
                     message: "too many failed logins; try again later".to_owned(),
                     retry_after_secs: wait.as_secs().max(1),
@@ -266,28 +266,37 @@ impl Identity {
         let hash = user
             .as_ref()
             .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
-        let matches = verify_password(password, hash).await;
+        let matches = verify_password(password, hash).await?;
         let Some(user) = user.filter(|_| matches) else {
-            self.throttle.record_failure(&account_key).await;
-            if let Some(key) = &ip_key {
-                self.throttle.record_failure(key).await;
-            }
+            // The attempt was counted when it started.
             return Err(ApiError::Unauthorized("wrong email or password".to_owned()));
         };
         if user.disabled_at.is_some() {
             return Err(ApiError::Forbidden("this account is disabled".to_owned()));
         }
         self.throttle.reset(&account_key).await;
+        if let Some(key) = &ip_key {
+            self.throttle.succeeded(key).await;
+        }
+        let signer = self.keys.signer().await?;
         let mut tx = self.db.begin().await?;
         let session = self
-            .open_session(&mut tx, &user, &platform::id::new_id().to_string())
+            .open_session(&mut tx, &signer, &user, &platform::id::new_id().to_string())
             .await?;
         tx.commit().await?;
         Ok((user, session))
     }
 
     /// Issues an access token and a refresh token in `family`.
-    async fn open_session(&self, tx: &mut Tx, user: &UserRow, family: &str) -> Result<Session, ApiError> {
+    /// The signer is taken before the transaction starts, so no second pool connection is
+    /// needed while the transaction holds one (on PostgreSQL, reader and writer share a pool).
+    async fn open_session(
+        &self,
+        tx: &mut Tx,
+        signer: &Signer,
+        user: &UserRow,
+        family: &str,
+    ) -> Result<Session, ApiError> {
         let now = self.now();
         let refresh_token = domain::new_secret();
         store::insert_refresh_token(
@@ -309,7 +318,7 @@ impl Identity {
             exp: (now + ms(self.settings.access_ttl)) / 1000,
             sid: family.to_owned(),
         };
-        let access_token = self.keys.sign(&claims).await?;
+        let access_token = signer.sign(&claims)?;
         Ok(Session {
             access_token,
             refresh_token,
@@ -322,6 +331,7 @@ impl Identity {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session, ApiError> {
         let unauthorized = || ApiError::Unauthorized("invalid or expired refresh token".to_owned());
         let now = self.now();
+        let signer = self.keys.signer().await?;
         let mut tx = self.db.begin().await?;
         let row = store::refresh_token_by_hash(&mut *tx, &domain::secret_hash(refresh_token))
             .await?
@@ -341,7 +351,7 @@ impl Identity {
         if user.disabled_at.is_some() {
             return Err(ApiError::Forbidden("this account is disabled".to_owned()));
         }
-        let session = self.open_session(&mut tx, &user, &row.family_id).await?;
+        let session = self.open_session(&mut tx, &signer, &user, &row.family_id).await?;
         tx.commit().await?;
         Ok(session)
     }
@@ -394,6 +404,14 @@ impl Identity {
     /// Sets a new password with a reset token (once; it expires) and ends every session.
     pub async fn reset_password(&self, token: &str, new_password: &str) -> Result<(), ApiError> {
         let password = Password::parse("new_password", new_password).map_err(|e| ApiError::Validation(vec![e]))?;
+        // Refuse a bad token before spending 19 MiB and tens of milliseconds on hashing; the
+        // conditional spend below still decides.
+        let token_hash = domain::secret_hash(token);
+        if !store::one_time_token_open(self.db.reader(), &token_hash, PURPOSE_RESET, self.now()).await? {
+            return Err(ApiError::BadRequest(
+                "the reset token is invalid, used or expired".to_owned(),
+            ));
+        }
         let password_hash = hash_password(&password).await?;
         let now = self.now();
         let mut tx = self.db.begin().await?;
@@ -447,7 +465,7 @@ impl Identity {
     pub async fn change_password(&self, id: Uuid, current: &str, new_password: &str) -> Result<(), ApiError> {
         let user = self.user(id).await?;
         let password = Password::parse("new_password", new_password).map_err(|e| ApiError::Validation(vec![e]))?;
-        if !verify_password(current, &user.password_hash).await {
+        if !verify_password(current, &user.password_hash).await? {
             return Err(ApiError::validation("current_password", "is not your current password"));
         }
         let hash = hash_password(&password).await?;
@@ -536,7 +554,15 @@ impl Identity {
             is_default: i64::from(make_default || was_default),
             ..address
         };
-        store::upsert_address(&mut tx, &address).await?;
+        if let Err(err) = store::upsert_address(&mut tx, &address).await {
+            // Two concurrent "make default" requests (PostgreSQL, READ COMMITTED): the unique
+            // default index lets one win; the other is told to retry rather than fail with 500.
+            return Err(if is_unique_violation(&err) {
+                ApiError::Conflict("another change to your default address happened at the same time; retry".to_owned())
+            } else {
+                err.into()
+            });
+        }
         tx.commit().await?;
         Ok(address)
     }

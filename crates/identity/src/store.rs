@@ -333,6 +333,24 @@ pub async fn insert_one_time_token(
     Ok(())
 }
 
+/// Whether a one-time token exists unused and unexpired (a cheap pre-check; spending decides).
+pub async fn one_time_token_open(
+    pool: &AnyPool,
+    token_hash: &str,
+    purpose: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM one_time_tokens WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3",
+    )
+    .bind(token_hash)
+    .bind(purpose)
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}
+
 /// Spends a one-time token if it is unused and unexpired; answers its user.
 pub async fn spend_one_time_token(
     tx: &mut Tx,

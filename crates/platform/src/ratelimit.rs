@@ -90,13 +90,21 @@ impl RateLimiter for MemoryRateLimiter {
     }
 }
 
-/// Counts failures per key (an account, an IP) and blocks the key for a growing time once it
-/// has failed `max_failures` times in a row: 1×, 2×, 4×… `base_lockout`, capped at 15 minutes.
+/// Counts login attempts per key (an account, an IP) and blocks the key for a growing time
+/// once `max_failures` attempts in a row did not succeed: 1×, 2×, 4×… `base_lockout`, capped
+/// at 15 minutes.
+///
+/// An attempt is counted when it starts, before its outcome is known, so a burst of concurrent
+/// guesses cannot all pass the check before the first failure is recorded; a success then
+/// takes its attempt back.
 #[async_trait]
 pub trait FailureThrottle: Send + Sync + std::fmt::Debug {
-    /// How long `key` is still blocked, if it is.
-    async fn blocked_for(&self, key: &str) -> Option<Duration>;
-    async fn record_failure(&self, key: &str);
+    /// Counts one attempt, unless `key` is blocked: then answers for how long.
+    async fn attempt(&self, key: &str) -> Option<Duration>;
+    /// The attempt succeeded: it no longer counts, and the key is unblocked if that brings it
+    /// under the limit.
+    async fn succeeded(&self, key: &str);
+    /// Forgets the key.
     async fn reset(&self, key: &str);
 }
 
@@ -107,7 +115,7 @@ pub struct ThrottlePolicy {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Failures {
+struct Attempts {
     count: u32,
     blocked_until_ms: i64,
 }
@@ -116,7 +124,7 @@ struct Failures {
 pub struct MemoryFailureThrottle {
     policy: ThrottlePolicy,
     clock: SharedClock,
-    state: Mutex<HashMap<String, Failures>>,
+    state: Mutex<HashMap<String, Attempts>>,
 }
 
 impl MemoryFailureThrottle {
@@ -131,25 +139,32 @@ impl MemoryFailureThrottle {
 
 #[async_trait]
 impl FailureThrottle for MemoryFailureThrottle {
-    async fn blocked_for(&self, key: &str) -> Option<Duration> {
-        let now = self.clock.now_ms();
-        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let failures = state.get(key)?;
-        (failures.blocked_until_ms > now).then(|| Duration::from_millis((failures.blocked_until_ms - now) as u64))
-    }
-
-    async fn record_failure(&self, key: &str) {
+    async fn attempt(&self, key: &str) -> Option<Duration> {
         let now = self.clock.now_ms();
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.len() > 100_000 {
-            state.retain(|_, f| f.blocked_until_ms > now);
+            state.retain(|_, a| a.blocked_until_ms > now);
         }
-        let failures = state.entry(key.to_owned()).or_default();
-        failures.count += 1;
-        if failures.count >= self.policy.max_failures {
-            let exponent = (failures.count - self.policy.max_failures).min(10);
+        let attempts = state.entry(key.to_owned()).or_default();
+        if attempts.blocked_until_ms > now {
+            return Some(Duration::from_millis((attempts.blocked_until_ms - now) as u64));
+        }
+        attempts.count += 1;
+        if attempts.count >= self.policy.max_failures {
+            let exponent = (attempts.count - self.policy.max_failures).min(10);
             let lockout = (self.policy.base_lockout * 2u32.pow(exponent)).min(Duration::from_secs(15 * 60));
-            failures.blocked_until_ms = now + lockout.as_millis() as i64;
+            attempts.blocked_until_ms = now + lockout.as_millis() as i64;
+        }
+        None
+    }
+
+    async fn succeeded(&self, key: &str) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(attempts) = state.get_mut(key) {
+            attempts.count = attempts.count.saturating_sub(1);
+            if attempts.count < self.policy.max_failures {
+                attempts.blocked_until_ms = 0;
+            }
         }
     }
 
@@ -193,26 +208,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn throttle_blocks_after_max_failures_and_doubles() {
+    async fn throttle_blocks_after_max_attempts_and_doubles() {
         let clock = Arc::new(OffsetClock::default());
         let policy = ThrottlePolicy {
             max_failures: 3,
             base_lockout: Duration::from_secs(10),
         };
         let throttle = MemoryFailureThrottle::new(policy, clock.clone());
-        for _ in 0..2 {
-            throttle.record_failure("a").await;
+        for _ in 0..3 {
+            assert!(throttle.attempt("a").await.is_none(), "three attempts are allowed");
         }
-        assert!(throttle.blocked_for("a").await.is_none());
-        throttle.record_failure("a").await;
-        let first = throttle.blocked_for("a").await.expect("blocked after 3 failures");
+        let first = throttle.attempt("a").await.expect("the fourth is blocked");
         assert!(first <= Duration::from_secs(10));
+        assert!(throttle.attempt("b").await.is_none(), "keys are independent");
         clock.advance(Duration::from_secs(11));
-        assert!(throttle.blocked_for("a").await.is_none());
-        throttle.record_failure("a").await;
-        let second = throttle.blocked_for("a").await.expect("blocked again");
+        assert!(throttle.attempt("a").await.is_none(), "the lockout ended");
+        let second = throttle.attempt("a").await.expect("blocked again at once");
         assert!(second > Duration::from_secs(10), "lockout doubles: {second:?}");
         throttle.reset("a").await;
-        assert!(throttle.blocked_for("a").await.is_none());
+        assert!(throttle.attempt("a").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_attempts_count_before_their_outcome_and_successes_are_taken_back() {
+        let clock = Arc::new(OffsetClock::default());
+        let policy = ThrottlePolicy {
+            max_failures: 3,
+            base_lockout: Duration::from_secs(10),
+        };
+        let throttle = MemoryFailureThrottle::new(policy, clock);
+        // Three attempts in flight at once, none finished: a fourth is refused already.
+        for _ in 0..3 {
+            assert!(throttle.attempt("ip").await.is_none());
+        }
+        assert!(throttle.attempt("ip").await.is_some());
+        // One of the three succeeds: its attempt no longer counts and the key is open again.
+        throttle.succeeded("ip").await;
+        assert!(throttle.attempt("ip").await.is_none());
+        assert!(throttle.attempt("ip").await.is_some(), "three failures pending again");
     }
 }
