@@ -106,27 +106,39 @@ impl LogBus {
         });
     }
 
-    async fn next_batch(&self, subscription: &Subscription, after: i64) -> anyhow::Result<Vec<(i64, String)>> {
+    /// The group's next events after `after`, and how far the log has been scanned for it: a
+    /// group that wants few types still moves past the events it does not want, so it neither
+    /// rescans them nor holds back pruning. Safe because the log has one writer: every event
+    /// up to the `MAX(seq)` read first is already committed.
+    async fn next_batch(&self, subscription: &Subscription, after: i64) -> anyhow::Result<(Vec<(i64, String)>, i64)> {
+        let end: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM bus_log")
+            .fetch_one(self.db.reader())
+            .await?;
         let all = subscription.types.iter().any(|t| t == "*");
-        let rows = if all {
-            sqlx::query_as("SELECT seq, payload FROM bus_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+        let rows: Vec<(i64, String)> = if all {
+            sqlx::query_as("SELECT seq, payload FROM bus_log WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3")
                 .bind(after)
+                .bind(end)
                 .bind(BATCH)
                 .fetch_all(self.db.reader())
                 .await?
         } else {
-            let placeholders: Vec<String> = (0..subscription.types.len()).map(|i| format!("${}", i + 3)).collect();
+            let placeholders: Vec<String> = (0..subscription.types.len()).map(|i| format!("${}", i + 4)).collect();
             let sql = format!(
-                "SELECT seq, payload FROM bus_log WHERE seq > $1 AND event_type IN ({}) ORDER BY seq LIMIT $2",
+                "SELECT seq, payload FROM bus_log WHERE seq > $1 AND seq <= $2 AND event_type IN ({}) ORDER BY seq LIMIT $3",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query_as(&sql).bind(after).bind(BATCH);
+            let mut query = sqlx::query_as(&sql).bind(after).bind(end).bind(BATCH);
             for kind in &subscription.types {
                 query = query.bind(kind);
             }
             query.fetch_all(self.db.reader()).await?
         };
-        Ok(rows)
+        let scanned_to = match rows.last() {
+            Some((seq, _)) if rows.len() as i64 == BATCH => *seq,
+            _ => end.max(after),
+        };
+        Ok((rows, scanned_to))
     }
 
     async fn store_position(&self, group: &str, position: i64) -> anyhow::Result<()> {
@@ -150,20 +162,22 @@ impl LogBus {
                 return;
             }
         };
+        let mut stored = position;
         loop {
             let appended = self.appended.notified();
             tokio::pin!(appended);
             appended.as_mut().enable();
-            let batch = match self.next_batch(&subscription, position).await {
-                Ok(batch) => batch,
+            let (batch, scanned_to) = match self.next_batch(&subscription, position).await {
+                Ok(found) => found,
                 Err(err) => {
                     tracing::warn!(%group, error = %format!("{err:#}"), "cannot read the event log");
-                    Vec::new()
+                    (Vec::new(), position)
                 }
             };
-            let mut advanced = false;
+            let mut complete = true;
             for (seq, payload) in &batch {
                 if self.cancel.is_cancelled() {
+                    complete = false;
                     break;
                 }
                 let delivered = match Event::from_json(payload) {
@@ -175,15 +189,21 @@ impl LogBus {
                 };
                 if let Err(err) = delivered {
                     tracing::error!(%group, error = %format!("{err:#}"), "cannot dead-letter an event; will redeliver");
+                    complete = false;
                     break;
                 }
                 position = *seq;
-                advanced = true;
             }
-            if advanced {
-                if let Err(err) = self.store_position(&group, position).await {
-                    tracing::warn!(%group, error = %format!("{err:#}"), "cannot store consumer position");
+            if complete {
+                position = position.max(scanned_to);
+            }
+            if position > stored {
+                match self.store_position(&group, position).await {
+                    Ok(()) => stored = position,
+                    Err(err) => tracing::warn!(%group, error = %format!("{err:#}"), "cannot store consumer position"),
                 }
+            }
+            if complete && batch.len() as i64 == BATCH {
                 continue;
             }
             tokio::select! {

@@ -474,8 +474,16 @@ async fn log_bus_keeps_events_and_group_positions_across_a_restart() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_bus_prunes_only_old_events_every_group_has_passed() -> anyhow::Result<()> {
     let dir = TempDir::new()?;
-    let cancel = CancellationToken::new();
-    let (bus, db) = open_log_at(&dir.path().join("bus.db"), &cancel).await?;
+    let path = dir.path().join("bus.db");
+    let (placed, paid, shipped) = (
+        event("order.placed", 1),
+        event("order.paid", 2),
+        event("order.shipped", 3),
+    );
+
+    // First run: one group wants everything, one only `order.placed`.
+    let first_cancel = CancellationToken::new();
+    let (first, first_db) = open_log_at(&path, &first_cancel).await?;
     let (everything, placed_only) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
     for (group, types, tally) in [("all", "*", &everything), ("placed", "order.placed", &placed_only)] {
         let subscription = Subscription {
@@ -484,31 +492,52 @@ async fn log_bus_prunes_only_old_events_every_group_has_passed() -> anyhow::Resu
             handler: tally.clone(),
             retry: RETRY,
         };
-        bus.subscribe(subscription).await?;
+        first.subscribe(subscription).await?;
     }
-    let (placed, paid) = (event("order.placed", 1), event("order.paid", 2));
-    bus.publish(&placed).await?;
-    bus.publish(&paid).await?;
+    first.publish(&placed).await?;
+    first.publish(&paid).await?;
     assert_eq!(everything.received(2).await.len(), 2);
     assert_eq!(placed_only.received(1).await, vec![placed.clone()]);
-    let log = &bus;
+    let log = &first;
     eventually(DEADLINE, || async move {
-        let ready = log.position("all").await.ok()? >= 2 && log.position("placed").await.ok()? >= 1;
-        ready.then_some(())
+        let passed = log.position("all").await.ok()? >= 2 && log.position("placed").await.ok()? >= 2;
+        passed.then_some(())
     })
     .await
-    .expect("both positions stored");
+    .expect("the filtered group moves past the event it does not want");
+    first_cancel.cancel();
+    first_db.close().await;
+
+    // Second run without the `placed` group: it stays where it was and holds back pruning.
+    let second_cancel = CancellationToken::new();
+    let (second, second_db) = open_log_at(&path, &second_cancel).await?;
+    let later_tally = Arc::new(Tally::default());
+    let subscription = Subscription {
+        group: "all".to_owned(),
+        types: vec!["*".to_owned()],
+        handler: later_tally.clone(),
+        retry: RETRY,
+    };
+    second.subscribe(subscription).await?;
+    second.publish(&shipped).await?;
+    assert_eq!(later_tally.received(1).await, vec![shipped.clone()]);
+    let log = &second;
+    eventually(DEADLINE, || async move {
+        (log.position("all").await.ok()? >= 3).then_some(())
+    })
+    .await
+    .expect("stored");
 
     let before_publication = platform::clock::now_ms() - 60_000;
-    assert_eq!(bus.prune(before_publication).await?, 0, "nothing is old enough");
+    assert_eq!(second.prune(before_publication).await?, 0, "nothing is old enough");
     let later = platform::clock::now_ms() + 1;
-    assert_eq!(bus.prune(later).await?, 1, "only the event both groups passed");
+    assert_eq!(second.prune(later).await?, 2, "the events every group has passed");
     assert_eq!(
-        bus.events().await?,
-        vec![paid],
+        second.events().await?,
+        vec![shipped],
         "the event the `placed` group has not passed stays"
     );
-    cancel.cancel();
-    db.close().await;
+    second_cancel.cancel();
+    second_db.close().await;
     Ok(())
 }
