@@ -253,7 +253,6 @@ impl From<AddressRow> for AddressView {
 async fn register(
     State(identity): State<Arc<Identity>>,
     ids: RequestIds,
-    ClientIp(ip): ClientIp,
     Json(body): Json<RegisterRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let user = identity
@@ -265,9 +264,9 @@ async fn register(
             Some(&ids.correlation_id),
         )
         .await?;
-    let (user, session) = identity
-        .login(&user.email, &body.password, ip.map(|ip| ip.to_string()).as_deref())
-        .await?;
+    // The account exists now: open its first session directly. Going through `login` would
+    // re-check the password and the throttles and could fail after the account was created.
+    let session = identity.start_session(&user).await?;
     Ok((
         StatusCode::CREATED,
         Json(AuthResponse {

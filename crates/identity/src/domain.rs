@@ -158,9 +158,10 @@ pub fn optional_text(field: &str, raw: Option<&str>, max: usize) -> Result<Optio
 
 /// An ISO 3166-1 alpha-2 country code, upper case.
 pub fn country(raw: &str) -> Result<String, FieldError> {
-    let code = raw.trim().to_uppercase();
-    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(code)
+    // Check before changing case: Unicode upper-casing turns `ı` into `I` and `ß` into `SS`.
+    let code = raw.trim();
+    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(code.to_ascii_uppercase())
     } else {
         Err(FieldError::new("country", "must be a two-letter ISO 3166-1 code"))
     }
@@ -230,6 +231,9 @@ mod tests {
         assert_eq!(optional_text("x", Some(" "), 5).unwrap(), None);
         assert_eq!(country(" de ").unwrap(), "DE");
         assert!(country("DEU").is_err());
+        for lookalike in ["ıt", "ß", "ﬀ", "d1"] {
+            assert!(country(lookalike).is_err(), "{lookalike:?} must be refused");
+        }
     }
 
     #[test]

@@ -288,6 +288,17 @@ impl Identity {
     }
 
     /// Issues an access token and a refresh token in `family`.
+    /// Opens a new session for a user whose identity was just established (registration).
+    pub async fn start_session(&self, user: &UserRow) -> Result<Session, ApiError> {
+        let signer = self.keys.signer().await?;
+        let mut tx = self.db.begin().await?;
+        let session = self
+            .open_session(&mut tx, &signer, user, &platform::id::new_id().to_string())
+            .await?;
+        tx.commit().await?;
+        Ok(session)
+    }
+
     /// The signer is taken before the transaction starts, so no second pool connection is
     /// needed while the transaction holds one (on PostgreSQL, reader and writer share a pool).
     async fn open_session(

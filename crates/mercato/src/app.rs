@@ -125,6 +125,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.info.title = "Mercato API".to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc.info.description = Some("Mercato's public REST API. Errors are RFC 9457 problem+json.".to_owned());
+    describe_errors(&mut doc);
     doc.components.get_or_insert_with(Default::default).add_security_scheme(
         "bearer",
         SecurityScheme::Http(
@@ -135,6 +136,65 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         ),
     );
     doc
+}
+
+/// Every error is `application/problem+json`, and some can come from any operation (the edge's
+/// rate limit, body checks, the token check): say so in the document, once, for all operations.
+fn describe_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    platform::error::PROBLEM_JSON,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            for (status, response) in responses.iter_mut() {
+                if let (true, RefOr::T(response)) = (status.starts_with('4') || status.starts_with('5'), response) {
+                    if let Some(content) = response.content.shift_remove("application/json") {
+                        response
+                            .content
+                            .insert(platform::error::PROBLEM_JSON.to_owned(), content);
+                    }
+                }
+            }
+            let mut common = vec![("429", "too many requests; see `Retry-After`")];
+            if operation.request_body.is_some() {
+                common.extend([
+                    ("400", "the body is not JSON, or `Content-Type` is missing"),
+                    ("413", "the body is larger than the limit"),
+                    ("422", "invalid fields"),
+                ]);
+            }
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                common.push(("401", "missing, invalid or expired access token"));
+            }
+            if path.starts_with("/api/v1/admin/") {
+                common.push(("403", "the caller is not an admin"));
+            }
+            for (status, description) in common {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(description));
+            }
+        }
+    }
 }
 
 impl App {

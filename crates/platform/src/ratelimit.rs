@@ -118,7 +118,12 @@ pub struct ThrottlePolicy {
 struct Attempts {
     count: u32,
     blocked_until_ms: i64,
+    last_attempt_ms: i64,
 }
+
+/// A key left alone this long (and not blocked) starts counting from zero again, so old
+/// failures do not lock a shared IP out at the first new mistake.
+const FORGET_AFTER_MS: i64 = 15 * 60 * 1000;
 
 #[derive(Debug)]
 pub struct MemoryFailureThrottle {
@@ -146,8 +151,14 @@ impl FailureThrottle for MemoryFailureThrottle {
             state.retain(|_, a| a.blocked_until_ms > now);
         }
         let attempts = state.entry(key.to_owned()).or_default();
+        let quiet = now - attempts.last_attempt_ms > FORGET_AFTER_MS;
+        // Refused attempts count as activity too: a persistent guesser never earns a reset.
+        attempts.last_attempt_ms = now;
         if attempts.blocked_until_ms > now {
             return Some(Duration::from_millis((attempts.blocked_until_ms - now) as u64));
+        }
+        if quiet {
+            attempts.count = 0;
         }
         attempts.count += 1;
         if attempts.count >= self.policy.max_failures {
@@ -227,6 +238,28 @@ mod tests {
         assert!(second > Duration::from_secs(10), "lockout doubles: {second:?}");
         throttle.reset("a").await;
         assert!(throttle.attempt("a").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn failures_are_forgotten_after_a_quiet_period() {
+        let clock = Arc::new(OffsetClock::default());
+        let policy = ThrottlePolicy {
+            max_failures: 3,
+            base_lockout: Duration::from_secs(10),
+        };
+        let throttle = MemoryFailureThrottle::new(policy, clock.clone());
+        for _ in 0..3 {
+            assert!(throttle.attempt("ip").await.is_none());
+        }
+        assert!(throttle.attempt("ip").await.is_some());
+        clock.advance(Duration::from_secs(16 * 60));
+        for _ in 0..3 {
+            assert!(
+                throttle.attempt("ip").await.is_none(),
+                "a fresh start after a quiet quarter hour"
+            );
+        }
+        assert!(throttle.attempt("ip").await.is_some());
     }
 
     #[tokio::test]

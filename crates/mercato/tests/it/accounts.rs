@@ -406,3 +406,21 @@ async fn users_see_and_end_their_own_sessions() {
         .expect(200);
     assert_eq!(sessions.body, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_succeeds_even_when_the_ip_is_throttled_for_logins() {
+    let app = TestApp::spawn().await;
+    for _ in 0..5 {
+        app.login("nobody@example.com", "not the password")
+            .await
+            .expect_problem(401);
+    }
+    app.login("nobody@example.com", "not the password")
+        .await
+        .expect_problem(429);
+    // The account is created and its session opened in one answer, never half of it.
+    let registered = app.register("newcomer@example.com").await;
+    app.get("/api/v1/users/me", Some(&token_of(&registered)))
+        .await
+        .expect(200);
+}

@@ -155,6 +155,19 @@ async fn openapi_docs_health_and_metrics_are_served() {
     ] {
         assert!(spec.body["paths"].get(path).is_some(), "{path} documented");
     }
+    let register = &spec.body["paths"]["/api/v1/auth/register"]["post"]["responses"];
+    assert!(
+        register["409"]["content"]["application/problem+json"].is_object(),
+        "errors are documented as problem+json"
+    );
+    assert!(register["409"]["content"].get("application/json").is_none());
+    for status in ["400", "413", "422", "429"] {
+        assert!(register[status].is_object(), "register documents {status}");
+    }
+    let me = &spec.body["paths"]["/api/v1/users/me"]["get"]["responses"];
+    assert!(me["401"]["content"]["application/problem+json"].is_object());
+    let admin = &spec.body["paths"]["/api/v1/admin/users/{id}"]["get"]["responses"];
+    assert!(admin["403"].is_object() && admin["401"].is_object());
     let docs = app.client.get(format!("{}/api/docs/", app.url)).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().to_lowercase().contains("swagger"));
