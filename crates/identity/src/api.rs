@@ -141,7 +141,10 @@ pub struct AdminUpdateUserRequest {
 pub struct AdminUsersQuery {
     /// Only users whose email contains this text.
     pub email: Option<String>,
+    /// 1..=100, default 20; larger values are capped at 100.
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 

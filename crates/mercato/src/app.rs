@@ -188,6 +188,16 @@ fn describe_errors(doc: &mut utoipa::openapi::OpenApi) {
             if path.starts_with("/api/v1/admin/") {
                 common.push(("403", "the caller is not an admin"));
             }
+            // Routes that hash a password wait for the bounded hashing pool.
+            let hashes = [
+                "/auth/register",
+                "/auth/login",
+                "/auth/password/reset",
+                "/users/me/password",
+            ];
+            if hashes.iter().any(|suffix| path.ends_with(suffix)) {
+                common.push(("503", "password hashing is at capacity; see `Retry-After`"));
+            }
             for (status, description) in common {
                 responses
                     .entry(status.to_owned())

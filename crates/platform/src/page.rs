@@ -16,6 +16,7 @@ pub const MAX_LIMIT: u32 = 100;
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// How many items to return: 1..=100, default 20. Larger values are capped at 100.
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
