@@ -39,22 +39,10 @@ pub const SUITE_MIGRATIONS: &[Migration] = &[Migration {
             name TEXT PRIMARY KEY,
             value BIGINT NOT NULL);
           CREATE TABLE effects (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq SERIAL_KEY,
             consumer TEXT NOT NULL,
             payload TEXT NOT NULL)",
-    postgres: Some(
-        "CREATE TABLE widgets (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            quantity BIGINT NOT NULL);
-          CREATE TABLE counters (
-            name TEXT PRIMARY KEY,
-            value BIGINT NOT NULL);
-          CREATE TABLE effects (
-            seq BIGSERIAL PRIMARY KEY,
-            consumer TEXT NOT NULL,
-            payload TEXT NOT NULL)",
-    ),
+    postgres: None,
 }];
 
 /// Gives a fresh database the platform's tables and the suite's.
