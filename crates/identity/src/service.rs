@@ -254,13 +254,18 @@ impl Identity {
             .unwrap_or_else(|_| email.trim().to_lowercase());
         let account_key = format!("login:account:{email}");
         let ip_key = client_ip.map(|ip| format!("login:ip:{ip}"));
-        for key in std::iter::once(&account_key).chain(ip_key.as_ref()) {
-            if let Some(wait) = self.throttle.attempt(key).await {
-                return Err(ApiError::TooManyRequests {
-                    message: "too many failed logins; try again later".to_owned(),
-                    retry_after_secs: wait.as_secs().max(1),
-                });
-            }
+        // The account counts attempts as they start (no burst of guesses at one account slips
+        // through); the IP, shared by many honest people behind one address, counts failures.
+        let account_blocked = self.throttle.attempt(&account_key).await;
+        let ip_blocked = match &ip_key {
+            Some(key) if account_blocked.is_none() => self.throttle.blocked_for(key).await,
+            _ => None,
+        };
+        if let Some(wait) = account_blocked.or(ip_blocked) {
+            return Err(ApiError::TooManyRequests {
+                message: "too many failed logins; try again later".to_owned(),
+                retry_after_secs: wait.as_secs().max(1),
+            });
         }
         let user = store::user_by_email(self.db.reader(), &email).await?;
         let hash = user
@@ -268,16 +273,16 @@ impl Identity {
             .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let matches = verify_password(password, hash).await?;
         let Some(user) = user.filter(|_| matches) else {
-            // The attempt was counted when it started.
+            // The account's attempt was counted when it started; the IP's failure is counted now.
+            if let Some(key) = &ip_key {
+                self.throttle.record_failure(key).await;
+            }
             return Err(ApiError::Unauthorized("wrong email or password".to_owned()));
         };
         if user.disabled_at.is_some() {
             return Err(ApiError::Forbidden("this account is disabled".to_owned()));
         }
         self.throttle.reset(&account_key).await;
-        if let Some(key) = &ip_key {
-            self.throttle.succeeded(key).await;
-        }
         let signer = self.keys.signer().await?;
         let mut tx = self.db.begin().await?;
         let session = self

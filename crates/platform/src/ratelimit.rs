@@ -92,18 +92,23 @@ impl RateLimiter for MemoryRateLimiter {
 
 /// Counts login attempts per key (an account, an IP) and blocks the key for a growing time
 /// once `max_failures` attempts in a row did not succeed: 1×, 2×, 4×… `base_lockout`, capped
-/// at 15 minutes.
+/// at 15 minutes. A key left alone for 15 minutes starts from zero again.
 ///
-/// An attempt is counted when it starts, before its outcome is known, so a burst of concurrent
-/// guesses cannot all pass the check before the first failure is recorded; a success then
-/// takes its attempt back.
+/// Two ways to count, for two kinds of key:
+/// - [`FailureThrottle::attempt`] counts an attempt when it starts, before its outcome is known,
+///   so a burst of concurrent guesses at one account cannot all pass the check before the first
+///   failure is recorded; a success resets the key.
+/// - [`FailureThrottle::blocked_for`] and [`FailureThrottle::record_failure`] count failures
+///   only, for keys many honest users share (an office's IP), whose concurrent successful
+///   logins must not add up to a lockout.
 #[async_trait]
 pub trait FailureThrottle: Send + Sync + std::fmt::Debug {
     /// Counts one attempt, unless `key` is blocked: then answers for how long.
     async fn attempt(&self, key: &str) -> Option<Duration>;
-    /// The attempt succeeded: it no longer counts, and the key is unblocked if that brings it
-    /// under the limit.
-    async fn succeeded(&self, key: &str);
+    /// How long `key` is blocked, if it is (counts nothing).
+    async fn blocked_for(&self, key: &str) -> Option<Duration>;
+    /// Counts one failure of `key`.
+    async fn record_failure(&self, key: &str);
     /// Forgets the key.
     async fn reset(&self, key: &str);
 }
@@ -140,15 +145,18 @@ impl MemoryFailureThrottle {
             state: Mutex::default(),
         }
     }
-}
 
-#[async_trait]
-impl FailureThrottle for MemoryFailureThrottle {
-    async fn attempt(&self, key: &str) -> Option<Duration> {
-        let now = self.clock.now_ms();
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn state(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempts>> {
+        // A panic while holding the lock cannot leave an entry half-written: keep using it.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one attempt or failure of `key` at `now`, blocking it at the limit; answers how
+    /// long it was already blocked instead, if it was.
+    fn count(&self, key: &str, now: i64) -> Option<Duration> {
+        let mut state = self.state();
         if state.len() > 100_000 {
-            state.retain(|_, a| a.blocked_until_ms > now);
+            state.retain(|_, a| a.blocked_until_ms > now || now - a.last_attempt_ms <= FORGET_AFTER_MS);
         }
         let attempts = state.entry(key.to_owned()).or_default();
         let quiet = now - attempts.last_attempt_ms > FORGET_AFTER_MS;
@@ -168,22 +176,27 @@ impl FailureThrottle for MemoryFailureThrottle {
         }
         None
     }
+}
 
-    async fn succeeded(&self, key: &str) {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(attempts) = state.get_mut(key) {
-            attempts.count = attempts.count.saturating_sub(1);
-            if attempts.count < self.policy.max_failures {
-                attempts.blocked_until_ms = 0;
-            }
-        }
+#[async_trait]
+impl FailureThrottle for MemoryFailureThrottle {
+    async fn attempt(&self, key: &str) -> Option<Duration> {
+        self.count(key, self.clock.now_ms())
+    }
+
+    async fn blocked_for(&self, key: &str) -> Option<Duration> {
+        let now = self.clock.now_ms();
+        let state = self.state();
+        let attempts = state.get(key)?;
+        (attempts.blocked_until_ms > now).then(|| Duration::from_millis((attempts.blocked_until_ms - now) as u64))
+    }
+
+    async fn record_failure(&self, key: &str) {
+        self.count(key, self.clock.now_ms());
     }
 
     async fn reset(&self, key: &str) {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+        self.state().remove(key);
     }
 }
 
@@ -263,7 +276,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_attempts_count_before_their_outcome_and_successes_are_taken_back() {
+    async fn concurrent_attempts_count_before_their_outcome() {
         let clock = Arc::new(OffsetClock::default());
         let policy = ThrottlePolicy {
             max_failures: 3,
@@ -272,12 +285,30 @@ mod tests {
         let throttle = MemoryFailureThrottle::new(policy, clock);
         // Three attempts in flight at once, none finished: a fourth is refused already.
         for _ in 0..3 {
-            assert!(throttle.attempt("ip").await.is_none());
+            assert!(throttle.attempt("account").await.is_none());
         }
-        assert!(throttle.attempt("ip").await.is_some());
-        // One of the three succeeds: its attempt no longer counts and the key is open again.
-        throttle.succeeded("ip").await;
-        assert!(throttle.attempt("ip").await.is_none());
-        assert!(throttle.attempt("ip").await.is_some(), "three failures pending again");
+        assert!(throttle.attempt("account").await.is_some());
+    }
+
+    #[tokio::test]
+    async fn shared_keys_count_failures_only() {
+        let clock = Arc::new(OffsetClock::default());
+        let policy = ThrottlePolicy {
+            max_failures: 3,
+            base_lockout: Duration::from_secs(10),
+        };
+        let throttle = MemoryFailureThrottle::new(policy, clock);
+        for _ in 0..10 {
+            assert!(
+                throttle.blocked_for("office").await.is_none(),
+                "checking counts nothing"
+            );
+        }
+        for _ in 0..2 {
+            throttle.record_failure("office").await;
+        }
+        assert!(throttle.blocked_for("office").await.is_none());
+        throttle.record_failure("office").await;
+        assert!(throttle.blocked_for("office").await.is_some());
     }
 }

@@ -424,3 +424,23 @@ async fn registration_succeeds_even_when_the_ip_is_throttled_for_logins() {
         .await
         .expect(200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_people_logging_in_at_once_from_one_ip_are_not_locked_out() {
+    let app = TestApp::spawn().await;
+    let emails: Vec<String> = (0..12).map(|i| format!("office{i}@example.com")).collect();
+    for email in &emails {
+        app.register(email).await;
+    }
+    let logins = emails.iter().map(|email| app.login(email, PASSWORD));
+    let replies = futures::future::join_all(logins).await;
+    let refused: Vec<u16> = replies
+        .iter()
+        .map(|r| r.status.as_u16())
+        .filter(|s| *s != 200)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "concurrent honest logins from one IP were refused: {refused:?}"
+    );
+}
