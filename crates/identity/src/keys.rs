@@ -132,11 +132,6 @@ impl Keys {
         Ok(Signer(fresh))
     }
 
-    /// Signs access-token claims with the active key.
-    pub async fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        self.signer().await?.sign(claims)
-    }
-
     /// The public keys tokens may be signed with now: the active one and those retired within
     /// the grace period.
     pub async fn jwks(&self) -> anyhow::Result<JwkSet> {

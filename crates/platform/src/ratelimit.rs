@@ -207,6 +207,16 @@ mod tests {
     use super::*;
     use crate::clock::OffsetClock;
 
+    /// A throttle blocking after 3 counted attempts for 10 s, on a clock the test moves.
+    fn fixture() -> (Arc<OffsetClock>, MemoryFailureThrottle) {
+        let clock = Arc::new(OffsetClock::default());
+        let policy = ThrottlePolicy {
+            max_failures: 3,
+            base_lockout: Duration::from_secs(10),
+        };
+        (clock.clone(), MemoryFailureThrottle::new(policy, clock))
+    }
+
     #[tokio::test]
     async fn bucket_allows_the_limit_then_denies_with_a_retry_time() {
         let clock = Arc::new(OffsetClock::default());
@@ -233,12 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn throttle_blocks_after_max_attempts_and_doubles() {
-        let clock = Arc::new(OffsetClock::default());
-        let policy = ThrottlePolicy {
-            max_failures: 3,
-            base_lockout: Duration::from_secs(10),
-        };
-        let throttle = MemoryFailureThrottle::new(policy, clock.clone());
+        let (clock, throttle) = fixture();
         for _ in 0..3 {
             assert!(throttle.attempt("a").await.is_none(), "three attempts are allowed");
         }
@@ -255,12 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_forgotten_after_a_quiet_period() {
-        let clock = Arc::new(OffsetClock::default());
-        let policy = ThrottlePolicy {
-            max_failures: 3,
-            base_lockout: Duration::from_secs(10),
-        };
-        let throttle = MemoryFailureThrottle::new(policy, clock.clone());
+        let (clock, throttle) = fixture();
         for _ in 0..3 {
             assert!(throttle.attempt("ip").await.is_none());
         }
@@ -277,12 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_attempts_count_before_their_outcome() {
-        let clock = Arc::new(OffsetClock::default());
-        let policy = ThrottlePolicy {
-            max_failures: 3,
-            base_lockout: Duration::from_secs(10),
-        };
-        let throttle = MemoryFailureThrottle::new(policy, clock);
+        let (_, throttle) = fixture();
         // Three attempts in flight at once, none finished: a fourth is refused already.
         for _ in 0..3 {
             assert!(throttle.attempt("account").await.is_none());
@@ -292,12 +287,7 @@ mod tests {
 
     #[tokio::test]
     async fn shared_keys_count_failures_only() {
-        let clock = Arc::new(OffsetClock::default());
-        let policy = ThrottlePolicy {
-            max_failures: 3,
-            base_lockout: Duration::from_secs(10),
-        };
-        let throttle = MemoryFailureThrottle::new(policy, clock);
+        let (_, throttle) = fixture();
         for _ in 0..10 {
             assert!(
                 throttle.blocked_for("office").await.is_none(),

@@ -143,6 +143,17 @@ async fn forged_and_stale_tokens_are_refused() {
     app.get("/api/v1/users/me", None).await.expect_problem(401);
 }
 
+/// The key ids the JWKS publishes now.
+async fn published_kids(app: &TestApp) -> Vec<String> {
+    let jwks = app.get("/.well-known/jwks.json", None).await.expect(200);
+    jwks.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
     let app = TestApp::spawn().await;
@@ -151,15 +162,9 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
 
     let new_kid = app.app.identity.keys().rotate().await.unwrap();
     assert_ne!(old_kid, new_kid);
-    let jwks = app.get("/.well-known/jwks.json", None).await.expect(200);
-    let kids: Vec<&str> = jwks.body["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
+    let kids = published_kids(&app).await;
     assert!(
-        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        kids.contains(&old_kid) && kids.contains(&new_kid),
         "both keys published: {kids:?}"
     );
 
@@ -176,12 +181,6 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
 
     // After the access-token lifetime the retired key leaves the JWKS.
     app.clock.advance(std::time::Duration::from_secs(16 * 60 + 60));
-    let jwks = app.get("/.well-known/jwks.json", None).await.expect(200);
-    let kids: Vec<&str> = jwks.body["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert_eq!(kids, vec![new_kid.as_str()]);
+    let kids = published_kids(&app).await;
+    assert_eq!(kids, vec![new_kid]);
 }
