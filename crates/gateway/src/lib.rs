@@ -49,17 +49,25 @@ impl std::fmt::Debug for Edge {
 }
 
 impl Edge {
-    fn is_public(&self, path: &str) -> bool {
+    /// Whether `method path` may be called without a token. A public route is `/path` (any
+    /// method) or `METHOD /path`; a trailing `/` covers everything below.
+    fn is_public(&self, method: &Method, path: &str) -> bool {
         if !path.starts_with("/api/v1/") {
             // Health, metrics, docs, the JWKS and the web UI are not behind the token check.
             return true;
         }
         self.public_routes.iter().any(|route| {
-            if route.ends_with('/') {
-                path.starts_with(route.as_str())
+            let (route_method, route) = match route.split_once(' ') {
+                Some((m, r)) => (Some(m), r),
+                None => (None, route.as_str()),
+            };
+            let method_ok = route_method.is_none_or(|m| m == method.as_str() || (m == "GET" && method == Method::HEAD));
+            let path_ok = if route.ends_with('/') {
+                path.starts_with(route)
             } else {
                 path == route
-            }
+            };
+            method_ok && path_ok
         })
     }
 
@@ -147,7 +155,7 @@ async fn check(edge: &Edge, request: Request) -> Result<Request, ApiError> {
         return Err(ApiError::NotFound("no route matches this path".to_owned()));
     }
     check_body_size(edge, &request)?;
-    let public = edge.is_public(path);
+    let public = edge.is_public(request.method(), path);
     let (mut parts, body) = request.into_parts();
     let user = if bearer_token(&parts).is_some() {
         match authenticate(&parts).await {

@@ -11,7 +11,7 @@ use platform::events::Event;
 use platform::outbox::{self, Outbox};
 use platform::page::{Page, PageRequest};
 use platform::ratelimit::FailureThrottle;
-use platform::store::{is_unique_violation, Db, Tx};
+use platform::store::{Db, Tx};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -196,13 +196,9 @@ impl Identity {
             version: 1,
         };
         let mut tx = self.db.begin().await?;
-        if let Err(err) = store::insert_user(&mut tx, &user).await {
-            return Err(if is_unique_violation(&err) {
-                ApiError::Conflict("an account with this email already exists".to_owned())
-            } else {
-                err.into()
-            });
-        }
+        store::insert_user(&mut tx, &user)
+            .await
+            .map_err(|err| ApiError::conflict_on_unique(err, "an account with this email already exists"))?;
         Self::enqueue(
             &mut tx,
             "user.registered",
@@ -570,15 +566,14 @@ impl Identity {
             is_default: i64::from(make_default || was_default),
             ..address
         };
-        if let Err(err) = store::upsert_address(&mut tx, &address).await {
-            // Two concurrent "make default" requests (PostgreSQL, READ COMMITTED): the unique
-            // default index lets one win; the other is told to retry rather than fail with 500.
-            return Err(if is_unique_violation(&err) {
-                ApiError::Conflict("another change to your default address happened at the same time; retry".to_owned())
-            } else {
-                err.into()
-            });
-        }
+        // Two concurrent "make default" requests (PostgreSQL, READ COMMITTED): the unique default
+        // index lets one win; the other is told to retry rather than fail with 500.
+        store::upsert_address(&mut tx, &address).await.map_err(|err| {
+            ApiError::conflict_on_unique(
+                err,
+                "another change to your default address happened at the same time; retry",
+            )
+        })?;
         tx.commit().await?;
         Ok(address)
     }

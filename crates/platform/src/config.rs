@@ -44,6 +44,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub database: DatabaseConfig,
     pub identity: IdentityConfig,
+    pub catalog: CatalogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +119,30 @@ pub struct IdentityConfig {
     pub email_verification_ttl_secs: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CatalogConfig {
+    /// The shop currency (ISO 4217) every catalog price is in.
+    pub currency: String,
+    /// How long a cached product page, list or search answer may be served.
+    pub cache_ttl_secs: u64,
+    /// How many answers the read cache holds (per part: product pages, lists and searches).
+    pub cache_max_entries: u64,
+    /// How many demo products a first all-in-one start seeds (0: none).
+    pub seed_products: usize,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            currency: "USD".to_owned(),
+            cache_ttl_secs: 60,
+            cache_max_entries: 50_000,
+            seed_products: 1_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -136,6 +161,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             database: DatabaseConfig::default(),
             identity: IdentityConfig::default(),
+            catalog: CatalogConfig::default(),
         }
     }
 }
@@ -258,7 +284,7 @@ impl Config {
         if matches!(self.bus.kind, BusKind::Log) {
             problems.push("bus.kind is `log`; set MERCATO_BUS__KIND=nats".to_owned());
         }
-        for service in ["identity"] {
+        for service in ["identity", "catalog"] {
             if self.database_url(service).starts_with("sqlite:") {
                 problems.push(format!(
                     "{service} uses SQLite; set MERCATO_DATABASE__URLS__{}",
@@ -335,7 +361,9 @@ mod tests {
         };
         let err = config.check_production().unwrap_err();
         assert!(
-            err.contains("MERCATO_BUS__KIND") && err.contains("MERCATO_DATABASE__URLS__IDENTITY"),
+            err.contains("MERCATO_BUS__KIND")
+                && err.contains("MERCATO_DATABASE__URLS__IDENTITY")
+                && err.contains("MERCATO_DATABASE__URLS__CATALOG"),
             "{err}"
         );
     }

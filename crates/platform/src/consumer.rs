@@ -24,6 +24,13 @@ use crate::store::{Db, Tx};
 /// the record that the event was processed.
 #[async_trait]
 pub trait EventHandler: Send + Sync {
+    /// Work that must not hold the consumer's database, such as bringing a derived index up to
+    /// date. Runs before the transaction, on every delivery (also of an event already
+    /// processed), so it must be idempotent; an `Err` counts as a failed attempt.
+    async fn prepare(&self, _event: &Event) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     async fn handle(&self, tx: &mut Tx, event: &Event) -> anyhow::Result<()>;
 }
 
@@ -50,6 +57,7 @@ impl IdempotentConsumer {
 
     /// Applies the event unless this consumer already did. Answers whether it was applied now.
     pub async fn process(&self, event: &Event) -> anyhow::Result<bool> {
+        self.handler.prepare(event).await?;
         let mut tx = self.db.begin().await?;
         let fresh = sqlx::query(
             "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
@@ -214,10 +222,12 @@ impl DeadLetters {
     /// Dead letters not yet replayed successfully, newest first, across every database.
     pub async fn list(&self, page: &PageRequest) -> anyhow::Result<Page<DeadLetter>> {
         let mut rows: Vec<DeadLetterRow> = Vec::new();
-        let after = page.after.clone().unwrap_or_else(|| "~".to_owned());
+        let after = page.after.clone();
         for db in &self.dbs {
+            // No sentinel for "after everything": its place in the order depends on the collation.
             let sql = format!(
-                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE replayed_at IS NULL AND id < $1 ORDER BY id DESC LIMIT $2"
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE replayed_at IS NULL AND ($1 IS NULL OR id < $1)
+                 ORDER BY id DESC LIMIT $2"
             );
             let mut found: Vec<DeadLetterRow> = sqlx::query_as(&sql)
                 .bind(&after)

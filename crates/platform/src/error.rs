@@ -120,6 +120,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A unique-constraint violation as a 409 saying `message`; any other database error as a 500.
+    pub fn conflict_on_unique(err: sqlx::Error, message: impl Into<String>) -> Self {
+        if crate::store::is_unique_violation(&err) {
+            Self::Conflict(message.into())
+        } else {
+            err.into()
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         Self::Internal(err.into())

@@ -87,3 +87,43 @@ pub fn client_ip(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip())
 }
+
+/// The version an optimistic-concurrency edit expects: the body's or query's `version`, else
+/// the `If-Match` header (`"3"`, `W/"3"` or `3`). 422 when neither is given or `If-Match` is not a
+/// version number.
+pub fn expected_version(explicit: Option<i64>, headers: &http::HeaderMap) -> Result<i64, ApiError> {
+    if let Some(version) = explicit {
+        return Ok(version);
+    }
+    match headers.get(http::header::IF_MATCH) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| ApiError::validation("If-Match", "must be the version number you read")),
+        None => Err(ApiError::validation(
+            "version",
+            "is required (in the body or query, or as If-Match)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn the_version_comes_from_the_request_or_if_match() {
+        let mut headers = http::HeaderMap::new();
+        assert!(expected_version(None, &headers).is_err());
+        assert_eq!(expected_version(Some(4), &headers).unwrap(), 4);
+        for (raw, expected) in [("7", 7), ("\"7\"", 7), ("W/\"8\"", 8)] {
+            headers.insert(http::header::IF_MATCH, raw.parse().unwrap());
+            assert_eq!(expected_version(None, &headers).unwrap(), expected, "{raw}");
+        }
+        assert_eq!(expected_version(Some(2), &headers).unwrap(), 2, "the body wins");
+        headers.insert(http::header::IF_MATCH, "*".parse().unwrap());
+        assert!(expected_version(None, &headers).is_err());
+    }
+}
