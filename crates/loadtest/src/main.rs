@@ -3,7 +3,8 @@
 //!
 //! Scenarios:
 //! - `login`: registers `--users` accounts, then logs them in round-robin (argon2-bound).
-//! - `get --path P`: GETs a path, optionally with a customer's token (`--auth`).
+//! - `get --path P [--path Q …] [--paths-file F]`: GETs paths round-robin, optionally with a
+//!   customer's token (`--auth`).
 //!
 //! Every loop is bounded by `--requests` and `--max-seconds`; only loopback targets are allowed.
 
@@ -42,10 +43,13 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         users: usize,
     },
-    /// GET a path.
+    /// GET paths round-robin: every `--path`, then every line of `--paths-file`.
     Get {
         #[arg(long)]
-        path: String,
+        path: Vec<String>,
+        /// A file with one path per line (e.g. search queries with typos).
+        #[arg(long)]
+        paths_file: Option<std::path::PathBuf>,
         /// Send a customer's bearer token.
         #[arg(long)]
         auth: bool,
@@ -82,6 +86,18 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
 
+    let paths: Arc<Vec<String>> = Arc::new(match &args.scenario {
+        Scenario::Get { path, paths_file, .. } => {
+            let mut paths = path.clone();
+            if let Some(file) = paths_file {
+                let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+                paths.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
+            }
+            anyhow::ensure!(!paths.is_empty(), "give at least one --path or a --paths-file");
+            paths
+        }
+        Scenario::Login { .. } => Vec::new(),
+    });
     let issued = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let started = Instant::now();
@@ -95,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         );
         let scenario = match &args.scenario {
             Scenario::Login { .. } => None,
-            Scenario::Get { path, .. } => Some(path.clone()),
+            Scenario::Get { .. } => Some(paths.clone()),
         };
         let total = args.requests;
         tokio::spawn(async move {
@@ -118,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
                             .await
                             .is_ok_and(|r| r.status().is_success())
                     }
-                    Some(path) => {
+                    Some(paths) => {
+                        let path = &paths[(n as usize) % paths.len()];
                         let mut request = client.get(format!("{base}{path}"));
                         if let Some(token) = &token {
                             request = request.bearer_auth(token);

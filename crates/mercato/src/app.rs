@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
+use catalog::Catalog;
 use identity::Identity;
 use platform::auth::{Role, TokenVerifier};
 use platform::bus::log::LogBus;
@@ -64,6 +65,7 @@ pub struct App {
     pub config: Config,
     pub router: Router,
     pub identity: Arc<Identity>,
+    pub catalog: Arc<Catalog>,
     pub bus: Arc<dyn Bus>,
     /// The in-process log when the bus is the embedded one.
     pub log_bus: Option<LogBus>,
@@ -98,6 +100,44 @@ pub async fn identity_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// Opens and migrates the catalog database.
+pub async fn catalog_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, catalog::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(catalog::SERVICE, catalog::store::MIGRATIONS).await?;
+    Ok(db)
+}
+
+/// Builds the catalog over its database, with its read cache and the search index under
+/// `<data dir>/search`.
+pub fn build_catalog(config: &Config, db: Db, clock: SharedClock) -> anyhow::Result<Catalog> {
+    let index =
+        catalog::search::SearchIndex::open(&config.data_dir.join("search")).context("cannot open the search index")?;
+    let cache = catalog::cache::MemoryCache::new(
+        Duration::from_secs(config.catalog.cache_ttl_secs),
+        config.catalog.cache_max_entries,
+    );
+    let settings = catalog::Settings {
+        currency: config.catalog.currency.clone(),
+    };
+    Ok(Catalog::new(db, clock, Arc::new(cache), Arc::new(index), settings))
+}
+
+/// Seeds the demo catalog on a first start (no categories yet), unless configured off.
+async fn seed_first_start(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
+    if config.catalog.seed_products == 0 || !catalog::store::all_categories(catalog.db().reader()).await?.is_empty() {
+        return Ok(());
+    }
+    let report = catalog::seed::seed(catalog.db(), config.catalog.seed_products, platform::clock::now_ms()).await?;
+    tracing::info!(
+        products = report.products,
+        categories = report.categories,
+        elapsed_ms = report.elapsed_ms as u64,
+        "seeded the demo catalog"
+    );
+    Ok(())
+}
+
 pub async fn build_identity(config: &Config, db: Db, clock: SharedClock) -> anyhow::Result<Identity> {
     let throttle = Arc::new(MemoryFailureThrottle::new(
         ThrottlePolicy {
@@ -121,6 +161,7 @@ pub async fn build_identity(config: &Config, db: Db, clock: SharedClock) -> anyh
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     let mut doc = identity::api::IdentityApi::openapi();
+    doc.merge(catalog::api::CatalogApi::openapi());
     doc.merge(platform::consumer::DeadLettersApi::openapi());
     doc.info.title = "Mercato API".to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -246,7 +287,44 @@ impl App {
             .spawn_relay(identity::SERVICE, bus.clone(), cancel.clone());
         let created_admin = ensure_admin(&config, &identity).await?;
 
+        let catalog_db = catalog_db(&config).await?;
+        dbs.push(catalog_db.clone());
+        let catalog = Arc::new(build_catalog(&config, catalog_db.clone(), clock.clone())?);
+        seed_first_start(&config, &catalog).await?;
+        // Rebuilds a missing index and catches up one that fell behind, before serving.
+        catalog
+            .indexer()
+            .catch_up()
+            .await
+            .context("cannot build the search index")?;
+        catalog.indexer().spawn(cancel.clone());
+        catalog
+            .outbox()
+            .spawn_relay(catalog::SERVICE, bus.clone(), cancel.clone());
+
         let mut dead_letters = DeadLetters::default();
+        let catalog_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
+            (
+                "catalog-search",
+                Arc::new(catalog::events::IndexFollower {
+                    indexer: catalog.indexer().clone(),
+                }),
+                catalog::events::INDEXED_EVENTS,
+            ),
+            (
+                "catalog-verified-buyers",
+                Arc::new(catalog::events::VerifiedBuyers),
+                &[catalog::events::ORDER_DELIVERED],
+            ),
+            (
+                "catalog-stock",
+                Arc::new(catalog::events::StockSignals),
+                &[catalog::events::AVAILABILITY_CHANGED],
+            ),
+        ];
+        for (name, handler, types) in catalog_consumers {
+            dead_letters.register(IdempotentConsumer::new(name, catalog_db.clone(), handler), types);
+        }
         if !options.extension_consumers.is_empty() {
             let db = open_db(&config, "extensions").await?;
             db.migrate("platform", PLATFORM_MIGRATIONS).await?;
@@ -273,6 +351,11 @@ impl App {
             let db = db_for_health.clone();
             async move { db.ping().await.map_err(Into::into) }
         });
+        let db_for_health = catalog_db.clone();
+        checks.add("catalog_db", move || {
+            let db = db_for_health.clone();
+            async move { db.ping().await.map_err(Into::into) }
+        });
         let bus_for_health = bus.clone();
         checks.add("bus", move || {
             let bus = bus_for_health.clone();
@@ -280,14 +363,19 @@ impl App {
         });
 
         let dl_for_metrics = dead_letters.clone();
+        let cache_for_metrics = catalog.cache().clone();
         let routes = Router::new()
             .merge(identity::api::router(identity.clone(), verifier.clone()))
+            .merge(catalog::api::router(catalog.clone(), verifier.clone()))
             .merge(platform::consumer::admin_router(dead_letters.clone()))
             .merge(checks.router())
             .route(
                 "/metrics",
                 get(move || {
                     let dead_letters = dl_for_metrics.clone();
+                    for (cache, ratio) in cache_for_metrics.hit_ratios() {
+                        metrics::gauge!("mercato_cache_hit_ratio", "cache" => cache).set(ratio);
+                    }
                     async move {
                         if let Ok(open) = dead_letters.count().await {
                             metrics::gauge!("mercato_dead_letters_open").set(open as f64);
@@ -302,7 +390,11 @@ impl App {
             http: config.http.clone(),
             rate_limit: config.rate_limit.clone(),
             limiter: Arc::new(MemoryRateLimiter::new(clock.clone())),
-            public_routes: identity::api::PUBLIC_ROUTES.iter().map(|r| (*r).to_owned()).collect(),
+            public_routes: identity::api::PUBLIC_ROUTES
+                .iter()
+                .chain(catalog::api::PUBLIC_ROUTES)
+                .map(|r| (*r).to_owned())
+                .collect(),
             verifier,
         };
         let router = edge.wrap(routes);
@@ -310,6 +402,7 @@ impl App {
             config,
             router,
             identity,
+            catalog,
             bus,
             log_bus,
             dead_letters,
@@ -322,6 +415,8 @@ impl App {
     /// Stops background work and closes the databases.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
+        let index = self.catalog.indexer().index().clone();
+        let _ = tokio::task::spawn_blocking(move || index.close()).await;
         for db in &self.dbs {
             db.close().await;
         }

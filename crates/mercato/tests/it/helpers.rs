@@ -78,6 +78,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.rate_limit.per_ip_per_minute = 100_000;
     config.rate_limit.per_user_per_minute = 100_000;
     config.bus.retry_base_ms = 5;
+    // Catalog tests create the products they need; the seeding test turns this back on.
+    config.catalog.seed_products = 0;
     config
 }
 
@@ -160,15 +162,27 @@ impl TestApp {
         self.expected_dead_letters = n;
     }
 
+    /// Whether every service's outbox empties within a grace period. The relay marks a row sent
+    /// only after the bus has it, so a test that has just seen an event waits here rather than
+    /// reading the outbox at once.
+    pub async fn outboxes_drain(&self) -> bool {
+        let outboxes = [self.app.identity.outbox(), self.app.catalog.outbox()];
+        platform::testing::eventually(Duration::from_secs(5), || async {
+            for outbox in outboxes {
+                if outbox.pending().await.ok()? != 0 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+        .is_some()
+    }
+
     /// What a finished test must not leave behind: undelivered outbox rows (after a grace
     /// period for the relay) or dead letters it did not declare.
     async fn leftovers(&self) -> Option<String> {
-        let outbox = self.app.identity.outbox();
-        let drained = platform::testing::eventually(Duration::from_secs(5), || async {
-            (outbox.pending().await.ok()? == 0).then_some(())
-        })
-        .await;
-        if drained.is_none() {
+        if !self.outboxes_drain().await {
             return Some("the test ended with outbox rows the relay never published".to_owned());
         }
         let open = self.app.dead_letters.count().await.ok()?;

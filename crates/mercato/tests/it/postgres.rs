@@ -179,5 +179,145 @@ async fn identity_journey_on_postgres() {
     app.get("/api/v1/users/me", Some(&token)).await.expect(200);
     let jwks = app.get("/.well-known/jwks.json", None).await.expect(200);
     assert_eq!(jwks.body["keys"].as_array().unwrap().len(), 2);
-    assert_eq!(app.app.identity.outbox().pending().await.unwrap(), 0, "outbox drained");
+    assert!(app.outboxes_drain().await, "outbox drained");
+}
+
+/// The catalog on PostgreSQL: seeding, categories, products, lists, search, reviews and the
+/// wishlist, through every catalog query the HTTP API reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_journey_on_postgres() {
+    let Some(url) = platform::testing::postgres_database_url()
+        .await
+        .expect("test database created")
+    else {
+        eprintln!("MERCATO_TEST_POSTGRES_URL is not set: catalog-on-PostgreSQL journey skipped");
+        return;
+    };
+    let app = TestApp::spawn_with(
+        |config| {
+            config.database.urls.insert("catalog".to_owned(), url);
+            config.catalog.seed_products = 30;
+        },
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(app.app.catalog.db().backend(), platform::store::Backend::Postgres);
+    let admin = app.admin_token().await;
+
+    let seeded = app
+        .get("/api/v1/products?limit=100&sort=price_desc", None)
+        .await
+        .expect(200)
+        .body;
+    let prices: Vec<i64> = seeded["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["price"]["min"].as_i64().unwrap())
+        .collect();
+    assert_eq!(prices.len(), 30);
+    assert!(prices.windows(2).all(|w| w[0] >= w[1]), "sorted by price, descending");
+
+    let parent = app
+        .post("/api/v1/admin/categories", Some(&admin), json!({"name": "Pg Parent"}))
+        .await
+        .expect(201)
+        .body;
+    let child = app
+        .post(
+            "/api/v1/admin/categories",
+            Some(&admin),
+            json!({"name": "Pg Child", "parent_id": parent["id"]}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let product = app
+        .post(
+            "/api/v1/products",
+            Some(&admin),
+            json!({"name": "Postgres Mug", "brand": "Elephant", "category_id": child["id"], "status": "active",
+                   "variants": [{"sku": "PG-MUG", "price": 1_250}]}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let id = product["id"].as_str().unwrap();
+    app.post(
+        "/api/v1/products",
+        Some(&admin),
+        json!({"name": "Postgres Mug", "brand": "X", "category_id": child["id"], "variants": [{"sku": "PG-2", "price": 1}]}),
+    )
+    .await
+    .expect_problem(409);
+    app.patch(
+        &format!("/api/v1/products/{id}"),
+        Some(&admin),
+        json!({"version": 1, "brand": "Elephant Co"}),
+    )
+    .await
+    .expect(200);
+    app.patch(
+        &format!("/api/v1/products/{id}"),
+        Some(&admin),
+        json!({"version": 1, "brand": "Stale"}),
+    )
+    .await
+    .expect_problem(409);
+    let in_parent = app
+        .get("/api/v1/products?category=pg-parent&brand=elephant%20co", None)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(in_parent["items"][0]["id"], product["id"]);
+
+    app.app.catalog.indexer().catch_up().await.unwrap();
+    let found = app.get("/api/v1/search?q=postgress+mug", None).await.expect(200).body;
+    assert_eq!(found["items"][0]["id"], product["id"]);
+
+    let token = app.customer_token("pg-reviewer@example.com").await;
+    let review = app
+        .post(
+            &format!("/api/v1/products/{id}/reviews"),
+            Some(&token),
+            json!({"rating": 4, "title": "Holds tea"}),
+        )
+        .await
+        .expect(201)
+        .body;
+    app.post(
+        &format!("/api/v1/products/{id}/reviews"),
+        Some(&token),
+        json!({"rating": 4, "title": "Again"}),
+    )
+    .await
+    .expect_problem(409);
+    app.post(
+        &format!("/api/v1/admin/reviews/{}/moderation", review["id"].as_str().unwrap()),
+        Some(&admin),
+        json!({"status": "approved"}),
+    )
+    .await
+    .expect(200);
+    let rated = app.get(&format!("/api/v1/products/{id}"), None).await.expect(200).body;
+    assert_eq!(rated["rating"], json!({"average": 4.0, "count": 1}));
+
+    app.post("/api/v1/users/me/wishlist", Some(&token), json!({"product_id": id}))
+        .await
+        .expect(201);
+    let wishlist = app
+        .get("/api/v1/users/me/wishlist", Some(&token))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(wishlist["items"][0]["product"]["id"], product["id"]);
+    app.delete(&format!("/api/v1/products/{id}?version=2"), Some(&admin))
+        .await
+        .expect(204);
+    app.delete(
+        &format!("/api/v1/admin/categories/{}?version=1", child["id"].as_str().unwrap()),
+        Some(&admin),
+    )
+    .await
+    .expect(204);
 }
