@@ -418,19 +418,7 @@ fn parse_images(errors: &mut Errors, raw: &[Image]) -> Vec<Image> {
     images
 }
 
-/// A valid SKU code: 1–64 letters, digits, `-`, `_` or `.`.
-pub fn parse_sku(field: &str, raw: &str) -> Result<String, FieldError> {
-    let sku = raw.trim();
-    if sku.is_empty()
-        || sku.len() > 64
-        || !sku
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(FieldError::new(field, "must be 1–64 letters, digits, `-`, `_` or `.`"));
-    }
-    Ok(sku.to_owned())
-}
+pub use platform::sku::parse_sku;
 
 fn parse_variants(errors: &mut Errors, raw: &[VariantInput]) -> Vec<VariantInput> {
     if raw.is_empty() {

@@ -45,6 +45,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub identity: IdentityConfig,
     pub catalog: CatalogConfig,
+    pub inventory: InventoryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +133,27 @@ pub struct CatalogConfig {
     pub seed_products: usize,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InventoryConfig {
+    /// How long a reservation holds stock for an unpaid order.
+    pub reservation_ttl_secs: u64,
+    /// The low-stock threshold new SKUs get (0: no alerts).
+    pub low_stock_threshold: i64,
+    /// How often expired reservations are looked for.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            reservation_ttl_secs: 15 * 60,
+            low_stock_threshold: 5,
+            sweep_interval_secs: 5,
+        }
+    }
+}
+
 impl Default for CatalogConfig {
     fn default() -> Self {
         Self {
@@ -162,6 +184,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             identity: IdentityConfig::default(),
             catalog: CatalogConfig::default(),
+            inventory: InventoryConfig::default(),
         }
     }
 }
@@ -284,7 +307,7 @@ impl Config {
         if matches!(self.bus.kind, BusKind::Log) {
             problems.push("bus.kind is `log`; set MERCATO_BUS__KIND=nats".to_owned());
         }
-        for service in ["identity", "catalog"] {
+        for service in ["identity", "catalog", "inventory"] {
             if self.database_url(service).starts_with("sqlite:") {
                 problems.push(format!(
                     "{service} uses SQLite; set MERCATO_DATABASE__URLS__{}",

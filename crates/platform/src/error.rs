@@ -54,6 +54,13 @@ pub enum ApiError {
     /// 409: the request conflicts with the current state (duplicate, stale version).
     #[error("{0}")]
     Conflict(String),
+    /// 409 with extension members for the client to act on (RFC 9457 §3.2), such as the
+    /// available quantity of a SKU that is short. `members` must be a JSON object.
+    #[error("{message}")]
+    ConflictWith {
+        message: String,
+        members: serde_json::Value,
+    },
     /// 413: the body is larger than the configured limit.
     #[error("the request body is too large")]
     PayloadTooLarge,
@@ -93,7 +100,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::ConflictWith { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -111,7 +118,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
-            Self::Conflict(_) => "conflict",
+            Self::Conflict(_) | Self::ConflictWith { .. } => "conflict",
             Self::PayloadTooLarge => "payload-too-large",
             Self::TooManyRequests { .. } => "rate-limited",
             Self::Unavailable { .. } => "unavailable",
@@ -148,6 +155,10 @@ pub struct Problem {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Extension members of some problems (e.g. `available` on a stock shortage).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -174,6 +185,13 @@ impl IntoResponse for ApiError {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,
+            extensions: match &self {
+                Self::ConflictWith {
+                    members: serde_json::Value::Object(members),
+                    ..
+                } => members.clone(),
+                _ => serde_json::Map::new(),
+            },
             errors: match self {
                 Self::Validation(errors) => errors,
                 _ => Vec::new(),

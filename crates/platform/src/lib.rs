@@ -17,6 +17,7 @@ pub mod money;
 pub mod outbox;
 pub mod page;
 pub mod ratelimit;
+pub mod sku;
 pub mod store;
 pub mod telemetry;
 pub mod testing;

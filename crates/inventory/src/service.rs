@@ -1,0 +1,892 @@
+//! The inventory's use cases: stock levels set and adjusted by admins, reservations for orders
+//! (reserve every line or none, commit, release, expire), restocks, and the invariant check.
+//! Each runs in one transaction with its ledger entries and its outbox events.
+
+use std::time::Duration;
+
+use platform::clock::SharedClock;
+use platform::error::ApiError;
+use platform::events::Event;
+use platform::outbox::{self, Outbox};
+use platform::store::{is_unique_violation, Db, Tx};
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{self, Levels, Line, Movement, ReleaseReason, ReservationStatus};
+use crate::store::{self, After, Entry, ReservationRow, StockRow};
+
+pub const SERVICE: &str = "inventory";
+
+pub const RESERVED: &str = "inventory.reserved";
+pub const COMMITTED: &str = "inventory.committed";
+pub const RELEASED: &str = "inventory.released";
+pub const RESTOCKED: &str = "inventory.restocked";
+pub const LOW_STOCK: &str = "inventory.low_stock";
+/// `{sku, available}` when a SKU goes in or out of stock (the catalog's in-stock filter).
+pub const AVAILABILITY_CHANGED: &str = "inventory.availability_changed";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a reservation holds stock unless committed or released.
+    pub reservation_ttl: Duration,
+    /// The low-stock threshold new SKUs get (0 = no alerts).
+    pub default_low_stock_threshold: i64,
+    /// How often the sweeper looks for expired reservations.
+    pub sweep_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            reservation_ttl: Duration::from_secs(15 * 60),
+            default_low_stock_threshold: 5,
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A reservation with its lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Reservation {
+    pub id: String,
+    pub order_id: String,
+    pub status: ReservationStatus,
+    pub lines: Vec<Line>,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Reservation {
+    fn from_row(row: ReservationRow, lines: Vec<Line>) -> Result<Self, ApiError> {
+        let status = ReservationStatus::parse(&row.status)
+            .ok_or_else(|| anyhow::anyhow!("unknown reservation status {:?}", row.status))?;
+        Ok(Self {
+            id: row.id,
+            order_id: row.order_id,
+            status,
+            lines,
+            expires_at: row.expires_at,
+            release_reason: row.release_reason,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// A line that could not be reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Shortage {
+    pub sku: String,
+    pub requested: i64,
+    /// What is available now (0 for an unknown or discontinued SKU).
+    pub available: i64,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug)]
+pub enum ReserveError {
+    /// These lines are short; nothing was reserved.
+    Short(Vec<Shortage>),
+    Api(ApiError),
+}
+
+impl From<ApiError> for ReserveError {
+    fn from(err: ApiError) -> Self {
+        Self::Api(err)
+    }
+}
+
+impl From<sqlx::Error> for ReserveError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Api(err.into())
+    }
+}
+
+impl From<ReserveError> for ApiError {
+    fn from(err: ReserveError) -> Self {
+        match err {
+            ReserveError::Api(err) => err,
+            ReserveError::Short(short) => {
+                let skus: Vec<&str> = short.iter().map(|s| s.sku.as_str()).collect();
+                ApiError::ConflictWith {
+                    message: format!("not enough stock for {}", skus.join(", ")),
+                    members: json!({ "shortages": short }),
+                }
+            }
+        }
+    }
+}
+
+/// A SKU's levels as an admin sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct StockView {
+    pub sku: String,
+    pub product_id: Option<String>,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+    pub low_stock_threshold: i64,
+    /// Available at or below the threshold.
+    pub low_stock: bool,
+    /// No longer sold (its product was deleted or dropped it); nothing can be reserved.
+    pub discontinued: bool,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+impl From<StockRow> for StockView {
+    fn from(row: StockRow) -> Self {
+        let available = row.available();
+        Self {
+            low_stock: row.low_stock_threshold > 0 && available <= row.low_stock_threshold,
+            discontinued: row.discontinued_at.is_some(),
+            sku: row.sku,
+            product_id: row.product_id,
+            on_hand: row.on_hand,
+            reserved: row.reserved,
+            available,
+            low_stock_threshold: row.low_stock_threshold,
+            version: row.version,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// What a caller wants done to a level.
+#[derive(Debug, Clone)]
+pub enum StockChange {
+    /// Set on hand (and optionally the low-stock threshold).
+    Set { on_hand: i64, threshold: Option<i64> },
+    /// Add a delta (either sign) to on hand, with a reason.
+    Adjust { delta: i64, reason: String },
+}
+
+/// Who and why, for the ledger and the events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'a> {
+    pub actor: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+}
+
+/// The result of `inventory check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub skus: i64,
+    pub violations: Vec<store::Violation>,
+}
+
+pub struct Inventory {
+    db: Db,
+    outbox: Outbox,
+    clock: SharedClock,
+    settings: Settings,
+}
+
+impl Inventory {
+    pub fn new(db: Db, clock: SharedClock, settings: Settings) -> Self {
+        Self {
+            outbox: Outbox::new(db.clone()),
+            db,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    async fn emit(
+        tx: &mut Tx,
+        kind: &str,
+        subject: &str,
+        data: serde_json::Value,
+        ctx: Context<'_>,
+    ) -> Result<(), sqlx::Error> {
+        outbox::enqueue(tx, &Event::new(SERVICE, kind, subject, data, ctx.correlation_id)).await
+    }
+
+    /// Announces what a change from `before` to `after` implies, and records the alert state.
+    async fn signal(
+        tx: &mut Tx,
+        sku: &str,
+        before: &Levels,
+        after: &After,
+        ctx: Context<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let levels = after.levels();
+        let signals = domain::signals(before, &levels);
+        if let Some(available) = signals.availability_changed {
+            Self::emit(
+                tx,
+                AVAILABILITY_CHANGED,
+                sku,
+                json!({"sku": sku, "available": available}),
+                ctx,
+            )
+            .await?;
+        }
+        if signals.low_stock {
+            let data = json!({
+                "sku": sku, "product_id": after.product_id, "available": levels.available(),
+                "on_hand": levels.on_hand, "threshold": levels.low_stock_threshold,
+            });
+            Self::emit(tx, LOW_STOCK, sku, data, ctx).await?;
+        }
+        if let Some(alerted) = signals.alerted {
+            store::set_alerted(tx, sku, alerted).await?;
+        }
+        Ok(())
+    }
+
+    // ----- stock levels ---------------------------------------------------------------------
+
+    pub async fn stock(&self, sku: &str) -> Result<StockView, ApiError> {
+        let sku = parse_sku(sku)?;
+        store::stock(self.db.reader(), &sku)
+            .await?
+            .map(StockView::from)
+            .ok_or_else(|| ApiError::not_found("SKU"))
+    }
+
+    /// Known SKUs among `skus` with their levels (unknown ones are left out).
+    pub async fn stocks(&self, skus: &[String]) -> Result<Vec<StockView>, ApiError> {
+        Ok(store::stocks(self.db.reader(), skus)
+            .await?
+            .into_iter()
+            .map(StockView::from)
+            .collect())
+    }
+
+    /// Applies an admin's change. `version`, when given, must be the current one (else 409).
+    pub async fn change_stock(
+        &self,
+        sku: &str,
+        change: StockChange,
+        version: Option<i64>,
+        ctx: Context<'_>,
+    ) -> Result<StockView, ApiError> {
+        let sku = parse_sku(sku)?;
+        match &change {
+            StockChange::Set { on_hand, threshold } => {
+                let mut errors = Vec::new();
+                if !(0..=domain::MAX_ON_HAND).contains(on_hand) {
+                    errors.push(platform::FieldError::new(
+                        "on_hand",
+                        format!("must be between 0 and {}", domain::MAX_ON_HAND),
+                    ));
+                }
+                if threshold.is_some_and(|t| !(0..=domain::MAX_ON_HAND).contains(&t)) {
+                    errors.push(platform::FieldError::new(
+                        "low_stock_threshold",
+                        format!("must be between 0 and {}", domain::MAX_ON_HAND),
+                    ));
+                }
+                if !errors.is_empty() {
+                    return Err(ApiError::Validation(errors));
+                }
+            }
+            StockChange::Adjust { delta, reason } => {
+                if *delta == 0 || delta.abs() > domain::MAX_ON_HAND {
+                    return Err(ApiError::validation(
+                        "delta",
+                        format!(
+                            "must be a non-zero number of units, at most {} either way",
+                            domain::MAX_ON_HAND
+                        ),
+                    ));
+                }
+                let reason = reason.trim();
+                if reason.is_empty() || reason.chars().count() > 200 {
+                    return Err(ApiError::validation("reason", "must be 1–200 characters"));
+                }
+            }
+        }
+        // Setting a level is a compare-and-set on the level read: a commit or another admin
+        // may change it between the read and the write; then read again.
+        for _ in 0..10 {
+            let now = self.now();
+            let mut tx = self.db.begin().await?;
+            let current = store::stock_in(&mut tx, &sku)
+                .await?
+                .ok_or_else(|| ApiError::not_found("SKU"))?;
+            if version.is_some_and(|v| v != current.version) {
+                return Err(stale());
+            }
+            let before = current.levels();
+            let (delta, after, reason, kind) = match &change {
+                StockChange::Set { on_hand, threshold } => {
+                    let threshold = threshold.unwrap_or(current.low_stock_threshold);
+                    let after = store::set_levels(
+                        &mut tx,
+                        &sku,
+                        current.on_hand,
+                        *on_hand,
+                        threshold,
+                        Some(current.version),
+                        now,
+                    )
+                    .await?;
+                    (*on_hand - current.on_hand, after, None, Movement::Set)
+                }
+                StockChange::Adjust { delta, reason } => {
+                    let after = store::adjust_on_hand(&mut tx, &sku, *delta, Some(current.version), now).await?;
+                    (*delta, after, Some(reason.trim()), Movement::Adjust)
+                }
+            };
+            let Some(after) = after else {
+                tx.rollback().await?;
+                let fresh = store::stock(self.db.reader(), &sku)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("SKU"))?;
+                let wanted = match &change {
+                    StockChange::Set { on_hand, .. } => *on_hand,
+                    StockChange::Adjust { delta, .. } => fresh.on_hand + delta,
+                };
+                if wanted < fresh.reserved {
+                    return Err(ApiError::ConflictWith {
+                        message: format!(
+                            "{} units of {sku} are reserved; on hand cannot go below that",
+                            fresh.reserved
+                        ),
+                        members: json!({"reserved": fresh.reserved, "on_hand": fresh.on_hand}),
+                    });
+                }
+                if wanted > domain::MAX_ON_HAND {
+                    return Err(ApiError::validation(
+                        "delta",
+                        format!("would take on hand above {}", domain::MAX_ON_HAND),
+                    ));
+                }
+                continue;
+            };
+            if delta != 0 {
+                store::record(
+                    &mut tx,
+                    Entry {
+                        sku: &sku,
+                        kind,
+                        on_hand_delta: delta,
+                        reserved_delta: 0,
+                        after: &after,
+                        reason,
+                        reference: None,
+                        actor: ctx.actor,
+                        at: now,
+                    },
+                )
+                .await?;
+            }
+            if delta > 0 {
+                let data = json!({
+                    "sku": sku, "product_id": after.product_id, "added": delta, "on_hand": after.on_hand,
+                    "available": after.on_hand - after.reserved, "reason": reason.unwrap_or(kind.as_str()),
+                });
+                Self::emit(&mut tx, RESTOCKED, &sku, data, ctx).await?;
+            }
+            Self::signal(&mut tx, &sku, &before, &after, ctx).await?;
+            tx.commit().await?;
+            self.outbox.wake();
+            return self.stock(&sku).await;
+        }
+        Err(ApiError::Conflict(
+            "the stock level keeps changing; try again".to_owned(),
+        ))
+    }
+
+    pub async fn ledger(&self, sku: &str, before: Option<i64>, limit: i64) -> Result<Vec<store::LedgerRow>, ApiError> {
+        let sku = parse_sku(sku)?;
+        if store::stock(self.db.reader(), &sku).await?.is_none() {
+            return Err(ApiError::not_found("SKU"));
+        }
+        Ok(store::ledger(self.db.reader(), &sku, before, limit).await?)
+    }
+
+    // ----- SKUs from the catalog ------------------------------------------------------------
+
+    /// Registers a product's SKUs (product.created / product.updated) with no stock, and
+    /// discontinues the SKUs it no longer has.
+    pub async fn sync_product(
+        &self,
+        tx: &mut Tx,
+        product_id: &str,
+        seller_id: Option<&str>,
+        skus: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let now = self.now();
+        for sku in store::skus_of_product(tx, product_id).await? {
+            if !skus.contains(&sku) {
+                store::discontinue(tx, &sku, now).await?;
+            }
+        }
+        for sku in skus {
+            store::ensure_sku(
+                tx,
+                sku,
+                product_id,
+                seller_id,
+                self.settings.default_low_stock_threshold,
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// product.deleted: nothing more of these SKUs can be reserved.
+    pub async fn discontinue(&self, tx: &mut Tx, skus: &[String]) -> Result<(), sqlx::Error> {
+        let now = self.now();
+        for sku in skus {
+            store::discontinue(tx, sku, now).await?;
+        }
+        Ok(())
+    }
+
+    // ----- reservations ---------------------------------------------------------------------
+
+    /// Reserves every line for `order_id` or none. Calling it again for the same order answers
+    /// the reservation made the first time (the same lines are required).
+    pub async fn reserve(
+        &self,
+        order_id: &str,
+        lines: &[Line],
+        ttl: Option<Duration>,
+        ctx: Context<'_>,
+    ) -> Result<Reservation, ReserveError> {
+        let order_id = parse_order_id(order_id)?;
+        let lines = domain::merge_lines(lines)?;
+        let now = self.now();
+        let ttl = ttl.unwrap_or(self.settings.reservation_ttl);
+        let row = ReservationRow {
+            id: platform::id::new_id().to_string(),
+            order_id: order_id.clone(),
+            status: ReservationStatus::Active.as_str().to_owned(),
+            expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            release_reason: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.db.begin().await?;
+        if let Err(err) = store::insert_reservation(&mut tx, &row).await {
+            tx.rollback().await?;
+            if !is_unique_violation(&err) {
+                return Err(err.into());
+            }
+            let existing = self.reservation(&order_id).await?;
+            if existing.lines != lines {
+                return Err(ApiError::Conflict(format!(
+                    "order {order_id} already holds a reservation with other lines"
+                ))
+                .into());
+            }
+            return Ok(existing);
+        }
+        let mut short = Vec::new();
+        let mut changed = Vec::new();
+        for line in &lines {
+            match store::reserve_units(&mut tx, &line.sku, line.quantity, now).await? {
+                Some(after) => changed.push((line, after)),
+                None => short.push(line),
+            }
+        }
+        if !short.is_empty() {
+            tx.rollback().await?;
+            let skus: Vec<String> = short.iter().map(|l| l.sku.clone()).collect();
+            let known = store::stocks(self.db.reader(), &skus).await?;
+            let shortages = short
+                .iter()
+                .map(|line| Shortage {
+                    sku: line.sku.clone(),
+                    requested: line.quantity,
+                    available: known
+                        .iter()
+                        .find(|s| s.sku == line.sku && s.discontinued_at.is_none())
+                        .map_or(0, |s| s.available().max(0)),
+                })
+                .collect();
+            return Err(ReserveError::Short(shortages));
+        }
+        for (line, after) in &changed {
+            store::insert_line(&mut tx, &row.id, line).await?;
+            let before = Levels {
+                reserved: after.reserved - line.quantity,
+                ..after.levels()
+            };
+            store::record(
+                &mut tx,
+                Entry {
+                    sku: &line.sku,
+                    kind: Movement::Reserve,
+                    on_hand_delta: 0,
+                    reserved_delta: line.quantity,
+                    after,
+                    reason: None,
+                    reference: Some(&order_id),
+                    actor: ctx.actor,
+                    at: now,
+                },
+            )
+            .await?;
+            Self::signal(&mut tx, &line.sku, &before, after, ctx).await?;
+        }
+        let reservation = Reservation::from_row(row, lines)?;
+        let data = json!({
+            "reservation_id": reservation.id, "order_id": order_id, "lines": reservation.lines,
+            "expires_at": platform::clock::rfc3339(reservation.expires_at),
+        });
+        Self::emit(&mut tx, RESERVED, &order_id, data, ctx).await?;
+        tx.commit().await?;
+        self.outbox.wake();
+        Ok(reservation)
+    }
+
+    pub async fn reservation(&self, order_id: &str) -> Result<Reservation, ApiError> {
+        let order_id = parse_order_id(order_id)?;
+        let row = store::reservation(self.db.reader(), &order_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("reservation"))?;
+        let lines = store::lines_of(self.db.reader(), std::slice::from_ref(&row.id))
+            .await?
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect();
+        Reservation::from_row(row, lines)
+    }
+
+    pub async fn reservations(
+        &self,
+        status: Option<ReservationStatus>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Reservation>, ApiError> {
+        let rows =
+            store::list_reservations(self.db.reader(), status.map(ReservationStatus::as_str), before, limit).await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut lines = store::lines_of(self.db.reader(), &ids).await?;
+        rows.into_iter()
+            .map(|row| {
+                let mine = lines
+                    .extract_if(.., |(id, _)| *id == row.id)
+                    .map(|(_, line)| line)
+                    .collect();
+                Reservation::from_row(row, mine)
+            })
+            .collect()
+    }
+
+    /// Turns the order's reserved units into sold ones. Idempotent: committing a committed
+    /// reservation changes nothing. A released one cannot be committed (409).
+    pub async fn commit(&self, order_id: &str, ctx: Context<'_>) -> Result<Reservation, ApiError> {
+        self.finish(order_id, ReservationStatus::Committed, None, ctx).await
+    }
+
+    /// Gives the order's reserved units back. Idempotent: releasing a released reservation
+    /// changes nothing. A committed one cannot be released (409; restock instead).
+    pub async fn release(
+        &self,
+        order_id: &str,
+        reason: ReleaseReason,
+        ctx: Context<'_>,
+    ) -> Result<Reservation, ApiError> {
+        self.finish(order_id, ReservationStatus::Released, Some(reason), ctx)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        order_id: &str,
+        to: ReservationStatus,
+        reason: Option<ReleaseReason>,
+        ctx: Context<'_>,
+    ) -> Result<Reservation, ApiError> {
+        let order_id = parse_order_id(order_id)?;
+        let now = self.now();
+        let mut tx = self.db.begin().await?;
+        let reason_text = reason.map(ReleaseReason::as_str);
+        let Some(row) = store::finish_reservation(&mut tx, &order_id, to.as_str(), reason_text, now).await? else {
+            let existing = store::reservation_in(&mut tx, &order_id).await?;
+            tx.rollback().await?;
+            return match existing {
+                None => Err(ApiError::not_found("reservation")),
+                Some(row) if row.status == to.as_str() => self.reservation(&order_id).await,
+                Some(row) => Err(ApiError::Conflict(format!(
+                    "the reservation of order {order_id} is already {}",
+                    row.status
+                ))),
+            };
+        };
+        let lines = store::lines_in(&mut tx, &row.id).await?;
+        for line in &lines {
+            let (after, kind, on_hand_delta) = if to == ReservationStatus::Committed {
+                let after = store::commit_units(&mut tx, &line.sku, line.quantity, now).await?;
+                (after, Movement::Commit, -line.quantity)
+            } else {
+                let after = store::release_units(&mut tx, &line.sku, line.quantity, now).await?;
+                (after, Movement::Release, 0)
+            };
+            // The reservation holds these units, so the row has them reserved; anything else
+            // is a broken invariant, and nothing of this change may be kept.
+            let after = after.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "SKU {} holds fewer reserved units than order {order_id}'s reservation",
+                    line.sku
+                )
+            })?;
+            store::record(
+                &mut tx,
+                Entry {
+                    sku: &line.sku,
+                    kind,
+                    on_hand_delta,
+                    reserved_delta: -line.quantity,
+                    after: &after,
+                    reason: reason_text,
+                    reference: Some(&order_id),
+                    actor: ctx.actor,
+                    at: now,
+                },
+            )
+            .await?;
+            let before = Levels {
+                on_hand: after.on_hand - on_hand_delta,
+                reserved: after.reserved + line.quantity,
+                ..after.levels()
+            };
+            Self::signal(&mut tx, &line.sku, &before, &after, ctx).await?;
+        }
+        let (kind, mut data) = match to {
+            ReservationStatus::Committed => (COMMITTED, json!({})),
+            _ => (RELEASED, json!({ "reason": reason_text })),
+        };
+        data["reservation_id"] = json!(row.id);
+        data["order_id"] = json!(order_id);
+        data["lines"] = json!(lines);
+        Self::emit(&mut tx, kind, &order_id, data, ctx).await?;
+        tx.commit().await?;
+        self.outbox.wake();
+        Reservation::from_row(row, lines)
+    }
+
+    /// Releases every active reservation whose expiry has passed, with reason `expired`.
+    /// Answers how many it released. Safe beside commits: each release is conditional on the
+    /// reservation still being active.
+    pub async fn release_expired(&self) -> Result<usize, ApiError> {
+        let mut released = 0;
+        loop {
+            let due = store::expired(self.db.reader(), self.now(), 100).await?;
+            if due.is_empty() {
+                return Ok(released);
+            }
+            let batch = due.len();
+            for order_id in due {
+                match self
+                    .release(&order_id, ReleaseReason::Expired, Context::default())
+                    .await
+                {
+                    Ok(_) => released += 1,
+                    // Committed or released meanwhile: nothing to do.
+                    Err(ApiError::Conflict(_)) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            if batch < 100 {
+                return Ok(released);
+            }
+        }
+    }
+
+    /// Runs `release_expired` every `sweep_interval` until cancelled.
+    pub fn spawn_sweeper(self: &std::sync::Arc<Self>, cancel: CancellationToken) {
+        let inventory = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(inventory.settings.sweep_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match inventory.release_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(released = n, "released expired reservations"),
+                    Err(err) => tracing::warn!(error = %err, "the reservation sweeper failed; it will retry"),
+                }
+            }
+        });
+    }
+
+    /// Puts units back on hand (a return, or a cancellation after commit), once per
+    /// `reference`: the same reference twice restocks once.
+    pub async fn restock(
+        &self,
+        reference: &str,
+        lines: &[Line],
+        reason: &str,
+        ctx: Context<'_>,
+    ) -> Result<bool, ApiError> {
+        let lines = domain::merge_lines(lines)?;
+        let reference = reference.trim();
+        if reference.is_empty() || reference.len() > 200 {
+            return Err(ApiError::validation("reference", "must be 1–200 characters"));
+        }
+        let now = self.now();
+        let mut tx = self.db.begin().await?;
+        if !store::claim_restock(&mut tx, reference, now).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for line in &lines {
+            let after = store::restock_units(&mut tx, &line.sku, line.quantity, now)
+                .await?
+                .ok_or_else(|| ApiError::not_found(&format!("SKU {}", line.sku)))?;
+            store::record(
+                &mut tx,
+                Entry {
+                    sku: &line.sku,
+                    kind: Movement::Restock,
+                    on_hand_delta: line.quantity,
+                    reserved_delta: 0,
+                    after: &after,
+                    reason: Some(reason),
+                    reference: Some(reference),
+                    actor: ctx.actor,
+                    at: now,
+                },
+            )
+            .await?;
+            let data = json!({
+                "sku": line.sku, "product_id": after.product_id, "added": line.quantity, "on_hand": after.on_hand,
+                "available": after.on_hand - after.reserved, "reason": reason, "reference": reference,
+            });
+            Self::emit(&mut tx, RESTOCKED, &line.sku, data, ctx).await?;
+            let before = Levels {
+                on_hand: after.on_hand - line.quantity,
+                ..after.levels()
+            };
+            Self::signal(&mut tx, &line.sku, &before, &after, ctx).await?;
+        }
+        tx.commit().await?;
+        self.outbox.wake();
+        Ok(true)
+    }
+
+    // ----- the invariant check --------------------------------------------------------------
+
+    /// Proves, for every SKU, reserved == the sum of its active reservations, on hand >= 0 and
+    /// reserved <= on hand; lists the SKUs that break it.
+    pub async fn check(&self) -> Result<CheckReport, ApiError> {
+        Ok(CheckReport {
+            skus: store::count_skus(self.db.reader()).await?,
+            violations: store::violations(self.db.reader()).await?,
+        })
+    }
+}
+
+fn stale() -> ApiError {
+    ApiError::Conflict(
+        "the stock level was changed by someone else (stale version); reload it and try again".to_owned(),
+    )
+}
+
+pub fn parse_sku(raw: &str) -> Result<String, ApiError> {
+    platform::sku::parse_sku("sku", raw).map_err(|e| ApiError::Validation(vec![e]))
+}
+
+/// Order ids are opaque to inventory but bounded: 1–100 visible ASCII characters.
+fn parse_order_id(raw: &str) -> Result<String, ApiError> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::validation(
+            "order_id",
+            "must be 1–100 visible ASCII characters",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+/// A SKU the demo catalog holds, for [`Inventory::seed_demo_stock`].
+#[derive(Debug, Clone)]
+pub struct DemoSku {
+    pub sku: String,
+    pub product_id: String,
+    pub seller_id: Option<String>,
+}
+
+impl Inventory {
+    /// Gives each demo SKU not yet known a deterministic stock level (5–200 units, from the
+    /// SKU's text), recorded in the ledger as `demo seed`. Known SKUs keep their levels, so a
+    /// second run changes nothing. Answers how many SKUs it stocked.
+    pub async fn seed_demo_stock(&self, skus: &[DemoSku]) -> Result<usize, ApiError> {
+        let mut stocked = 0;
+        for batch in skus.chunks(500) {
+            let now = self.now();
+            let mut tx = self.db.begin().await?;
+            for item in batch {
+                let on_hand = demo_level(&item.sku);
+                let inserted = sqlx::query(
+                    "INSERT INTO stock (sku, product_id, seller_id, on_hand, reserved, low_stock_threshold,
+                       low_stock_alerted, version, created_at, updated_at, discontinued_at)
+                     VALUES ($1, $2, $3, $4, 0, $5, 0, 1, $6, $6, NULL) ON CONFLICT (sku) DO NOTHING",
+                )
+                .bind(&item.sku)
+                .bind(&item.product_id)
+                .bind(&item.seller_id)
+                .bind(on_hand)
+                .bind(self.settings.default_low_stock_threshold)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    let after = After {
+                        on_hand,
+                        reserved: 0,
+                        low_stock_threshold: self.settings.default_low_stock_threshold,
+                        low_stock_alerted: 0,
+                        product_id: Some(item.product_id.clone()),
+                    };
+                    let entry = Entry {
+                        sku: &item.sku,
+                        kind: Movement::Set,
+                        on_hand_delta: on_hand,
+                        reserved_delta: 0,
+                        after: &after,
+                        reason: Some("demo seed"),
+                        reference: None,
+                        actor: None,
+                        at: now,
+                    };
+                    store::record(&mut tx, entry).await?;
+                    stocked += 1;
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(stocked)
+    }
+}
+
+/// 5–200 units, the same for a SKU on every run.
+fn demo_level(sku: &str) -> i64 {
+    let hash = sku.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    5 + (hash % 196) as i64
+}

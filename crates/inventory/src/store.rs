@@ -1,0 +1,605 @@
+//! The inventory's tables and queries. One SQL text serves SQLite and PostgreSQL.
+//!
+//! Every change of a stock level is one conditional `UPDATE … WHERE <the rule still holds>`:
+//! the database checks the rule and applies the change atomically, so there is no
+//! read-then-write race and no lock service. A `CHECK` on the table is the last line of defence.
+
+use platform::store::{Migration, Tx};
+use sqlx::{AnyPool, FromRow};
+
+use crate::domain::{Levels, Line, Movement};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "stock, ledger, reservations",
+    sql: "CREATE TABLE stock (
+            sku TEXT PRIMARY KEY,
+            product_id TEXT,
+            seller_id TEXT,
+            on_hand BIGINT NOT NULL,
+            reserved BIGINT NOT NULL,
+            low_stock_threshold BIGINT NOT NULL,
+            low_stock_alerted BIGINT NOT NULL,
+            version BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            discontinued_at BIGINT,
+            CHECK (reserved >= 0 AND on_hand >= reserved));
+          CREATE INDEX stock_product ON stock (product_id);
+          CREATE TABLE stock_ledger (
+            id SERIAL_KEY,
+            sku TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            on_hand_delta BIGINT NOT NULL,
+            reserved_delta BIGINT NOT NULL,
+            on_hand_after BIGINT NOT NULL,
+            reserved_after BIGINT NOT NULL,
+            reason TEXT,
+            reference TEXT,
+            actor TEXT,
+            created_at BIGINT NOT NULL);
+          CREATE INDEX stock_ledger_sku ON stock_ledger (sku, id);
+          CREATE TABLE reservations (
+            id TEXT PRIMARY KEY,
+            order_id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            release_reason TEXT,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL);
+          CREATE INDEX reservations_expiry ON reservations (status, expires_at);
+          CREATE TABLE reservation_lines (
+            reservation_id TEXT NOT NULL REFERENCES reservations (id),
+            sku TEXT NOT NULL,
+            quantity BIGINT NOT NULL,
+            PRIMARY KEY (reservation_id, sku));
+          CREATE INDEX reservation_lines_sku ON reservation_lines (sku);
+          CREATE TABLE restocks (
+            reference TEXT PRIMARY KEY,
+            created_at BIGINT NOT NULL)",
+    postgres: None,
+}];
+
+// ----- stock --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct StockRow {
+    pub sku: String,
+    pub product_id: Option<String>,
+    pub seller_id: Option<String>,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub low_stock_threshold: i64,
+    pub low_stock_alerted: i64,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub discontinued_at: Option<i64>,
+}
+
+impl StockRow {
+    pub fn levels(&self) -> Levels {
+        Levels {
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            low_stock_threshold: self.low_stock_threshold,
+            low_stock_alerted: self.low_stock_alerted != 0,
+        }
+    }
+
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.reserved
+    }
+}
+
+const STOCK_COLUMNS: &str = "sku, product_id, seller_id, on_hand, reserved, low_stock_threshold, \
+     low_stock_alerted, version, created_at, updated_at, discontinued_at";
+
+/// Registers a SKU of a product with no stock, or re-attaches a known one (a SKU that moves to
+/// another product, or comes back after its product was deleted) keeping its levels.
+pub async fn ensure_sku(
+    tx: &mut Tx,
+    sku: &str,
+    product_id: &str,
+    seller_id: Option<&str>,
+    threshold: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO stock ({STOCK_COLUMNS}) VALUES ($1, $2, $3, 0, 0, $4, 0, 1, $5, $5, NULL)
+         ON CONFLICT (sku) DO UPDATE SET product_id = excluded.product_id,
+           seller_id = excluded.seller_id, discontinued_at = NULL"
+    ))
+    .bind(sku)
+    .bind(product_id)
+    .bind(seller_id)
+    .bind(threshold)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// SKUs of `product_id` that are not among `keep`: the product dropped them.
+pub async fn skus_of_product(tx: &mut Tx, product_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT sku FROM stock WHERE product_id = $1 AND discontinued_at IS NULL ORDER BY sku")
+        .bind(product_id)
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// Marks a SKU as no longer sold: nothing more can be reserved; its history stays.
+pub async fn discontinue(tx: &mut Tx, sku: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE stock SET discontinued_at = $2 WHERE sku = $1 AND discontinued_at IS NULL")
+        .bind(sku)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn stock(pool: &AnyPool, sku: &str) -> Result<Option<StockRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = $1"))
+        .bind(sku)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn stock_in(tx: &mut Tx, sku: &str) -> Result<Option<StockRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = $1"))
+        .bind(sku)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// `$1, $2, …` for `n` values, starting at `$first`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rows of the given SKUs (unknown ones are absent), in SKU order.
+pub async fn stocks(pool: &AnyPool, skus: &[String]) -> Result<Vec<StockRow>, sqlx::Error> {
+    if skus.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {STOCK_COLUMNS} FROM stock WHERE sku IN ({}) ORDER BY sku",
+        placeholders(1, skus.len())
+    );
+    let mut query = sqlx::query_as(&sql);
+    for sku in skus {
+        query = query.bind(sku);
+    }
+    query.fetch_all(pool).await
+}
+
+/// Which stock rows an admin list shows.
+#[derive(Debug, Clone, Default)]
+pub struct StockFilter {
+    pub low_stock: bool,
+    pub product_id: Option<String>,
+    /// SKUs starting with this text.
+    pub sku_prefix: Option<String>,
+}
+
+/// A page of stock rows in SKU order after `after`.
+pub async fn list_stock(
+    pool: &AnyPool,
+    filter: &StockFilter,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<StockRow>, sqlx::Error> {
+    let mut sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE 1 = 1");
+    let mut binds: Vec<String> = Vec::new();
+    if filter.low_stock {
+        sql.push_str(" AND low_stock_threshold > 0 AND on_hand - reserved <= low_stock_threshold");
+    }
+    if let Some(product) = &filter.product_id {
+        binds.push(product.clone());
+        sql.push_str(&format!(" AND product_id = ${}", binds.len()));
+    }
+    if let Some(prefix) = &filter.sku_prefix {
+        // SKUs are plain codes (no `%` or `_` wildcards can hide in a valid prefix but `_`).
+        binds.push(format!("{}%", prefix.replace('_', "\\_")));
+        sql.push_str(&format!(" AND sku LIKE ${} ESCAPE '\\'", binds.len()));
+    }
+    if let Some(after) = after {
+        binds.push(after.to_owned());
+        sql.push_str(&format!(" AND sku > ${}", binds.len()));
+    }
+    sql.push_str(&format!(" ORDER BY sku LIMIT {limit}"));
+    let mut query = sqlx::query_as(&sql);
+    for bind in &binds {
+        query = query.bind(bind);
+    }
+    query.fetch_all(pool).await
+}
+
+/// The levels after a change, as `UPDATE … RETURNING` gives them.
+#[derive(Debug, Clone, FromRow)]
+pub struct After {
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub low_stock_threshold: i64,
+    pub low_stock_alerted: i64,
+    pub product_id: Option<String>,
+}
+
+impl After {
+    pub fn levels(&self) -> Levels {
+        Levels {
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            low_stock_threshold: self.low_stock_threshold,
+            low_stock_alerted: self.low_stock_alerted != 0,
+        }
+    }
+}
+
+const RETURNING: &str = "RETURNING on_hand, reserved, low_stock_threshold, low_stock_alerted, product_id";
+
+/// Sets `on_hand` (and optionally the threshold) if the level is still `expected_on_hand`, the
+/// version matches when given, and the new level covers what is reserved. `None`: one of those
+/// no longer holds.
+pub async fn set_levels(
+    tx: &mut Tx,
+    sku: &str,
+    expected_on_hand: i64,
+    on_hand: i64,
+    threshold: i64,
+    version: Option<i64>,
+    now: i64,
+) -> Result<Option<After>, sqlx::Error> {
+    let version_check = if version.is_some() { " AND version = $6" } else { "" };
+    let sql = format!(
+        "UPDATE stock SET on_hand = $2, low_stock_threshold = $3, version = version + 1, updated_at = $4
+         WHERE sku = $1 AND on_hand = $5 AND reserved <= $2{version_check} {RETURNING}"
+    );
+    let mut query = sqlx::query_as(&sql)
+        .bind(sku)
+        .bind(on_hand)
+        .bind(threshold)
+        .bind(now)
+        .bind(expected_on_hand);
+    if let Some(version) = version {
+        query = query.bind(version);
+    }
+    query.fetch_optional(&mut **tx).await
+}
+
+/// Adds `delta` (either sign) to `on_hand` if the result still covers what is reserved.
+pub async fn adjust_on_hand(
+    tx: &mut Tx,
+    sku: &str,
+    delta: i64,
+    version: Option<i64>,
+    now: i64,
+) -> Result<Option<After>, sqlx::Error> {
+    let version_check = if version.is_some() { " AND version = $4" } else { "" };
+    let sql = format!(
+        "UPDATE stock SET on_hand = on_hand + $2, version = version + 1, updated_at = $3
+         WHERE sku = $1 AND on_hand + $2 >= reserved AND on_hand + $2 <= {max}{version_check} {RETURNING}",
+        max = crate::domain::MAX_ON_HAND
+    );
+    let mut query = sqlx::query_as(&sql).bind(sku).bind(delta).bind(now);
+    if let Some(version) = version {
+        query = query.bind(version);
+    }
+    query.fetch_optional(&mut **tx).await
+}
+
+/// Reserves `quantity` units if that many are available (and the SKU is still sold).
+pub async fn reserve_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE stock SET reserved = reserved + $2, updated_at = $3
+         WHERE sku = $1 AND discontinued_at IS NULL AND on_hand - reserved >= $2 {RETURNING}"
+    ))
+    .bind(sku)
+    .bind(quantity)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Turns reserved units into sold ones: both levels fall by `quantity`.
+pub async fn commit_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE stock SET on_hand = on_hand - $2, reserved = reserved - $2, updated_at = $3
+         WHERE sku = $1 AND reserved >= $2 {RETURNING}"
+    ))
+    .bind(sku)
+    .bind(quantity)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Gives reserved units back.
+pub async fn release_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE stock SET reserved = reserved - $2, updated_at = $3 WHERE sku = $1 AND reserved >= $2 {RETURNING}"
+    ))
+    .bind(sku)
+    .bind(quantity)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Puts sold units back on hand.
+pub async fn restock_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE stock SET on_hand = on_hand + $2, updated_at = $3 WHERE sku = $1 {RETURNING}"
+    ))
+    .bind(sku)
+    .bind(quantity)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+pub async fn set_alerted(tx: &mut Tx, sku: &str, alerted: bool) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE stock SET low_stock_alerted = $2 WHERE sku = $1")
+        .bind(sku)
+        .bind(i64::from(alerted))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+// ----- ledger -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub id: i64,
+    pub sku: String,
+    pub kind: String,
+    pub on_hand_delta: i64,
+    pub reserved_delta: i64,
+    pub on_hand_after: i64,
+    pub reserved_after: i64,
+    pub reason: Option<String>,
+    pub reference: Option<String>,
+    pub actor: Option<String>,
+    pub created_at: i64,
+}
+
+/// One ledger entry: what moved, why, and the levels it left.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub sku: &'a str,
+    pub kind: Movement,
+    pub on_hand_delta: i64,
+    pub reserved_delta: i64,
+    pub after: &'a After,
+    pub reason: Option<&'a str>,
+    pub reference: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub at: i64,
+}
+
+pub async fn record(tx: &mut Tx, entry: Entry<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stock_ledger (sku, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
+           reason, reference, actor, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(entry.sku)
+    .bind(entry.kind.as_str())
+    .bind(entry.on_hand_delta)
+    .bind(entry.reserved_delta)
+    .bind(entry.after.on_hand)
+    .bind(entry.after.reserved)
+    .bind(entry.reason)
+    .bind(entry.reference)
+    .bind(entry.actor)
+    .bind(entry.at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A SKU's ledger, newest first, before the entry `before`.
+pub async fn ledger(pool: &AnyPool, sku: &str, before: Option<i64>, limit: i64) -> Result<Vec<LedgerRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT id, sku, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after, reason, reference,
+           actor, created_at
+         FROM stock_ledger WHERE sku = $1 AND id < $2 ORDER BY id DESC LIMIT {limit}"
+    ))
+    .bind(sku)
+    .bind(before.unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+}
+
+// ----- reservations -------------------------------------------------------------------------
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct ReservationRow {
+    pub id: String,
+    pub order_id: String,
+    pub status: String,
+    pub expires_at: i64,
+    pub release_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const RESERVATION_COLUMNS: &str = "id, order_id, status, expires_at, release_reason, created_at, updated_at";
+
+/// Inserts an active reservation; a unique violation means the order already has one.
+pub async fn insert_reservation(tx: &mut Tx, r: &ReservationRow) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    ))
+    .bind(&r.id)
+    .bind(&r.order_id)
+    .bind(&r.status)
+    .bind(r.expires_at)
+    .bind(&r.release_reason)
+    .bind(r.created_at)
+    .bind(r.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_line(tx: &mut Tx, reservation_id: &str, line: &Line) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO reservation_lines (reservation_id, sku, quantity) VALUES ($1, $2, $3)")
+        .bind(reservation_id)
+        .bind(&line.sku)
+        .bind(line.quantity)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn reservation(pool: &AnyPool, order_id: &str) -> Result<Option<ReservationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn reservation_in(tx: &mut Tx, order_id: &str) -> Result<Option<ReservationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Moves an active reservation to `status`. `None`: it is not active (any more).
+pub async fn finish_reservation(
+    tx: &mut Tx,
+    order_id: &str,
+    status: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<Option<ReservationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE reservations SET status = $2, release_reason = $3, updated_at = $4
+         WHERE order_id = $1 AND status = 'active' RETURNING {RESERVATION_COLUMNS}"
+    ))
+    .bind(order_id)
+    .bind(status)
+    .bind(reason)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+pub async fn lines_in(tx: &mut Tx, reservation_id: &str) -> Result<Vec<Line>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, quantity FROM reservation_lines WHERE reservation_id = $1 ORDER BY sku")
+            .bind(reservation_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|(sku, quantity)| Line { sku, quantity }).collect())
+}
+
+/// The lines of several reservations, by reservation id, each in SKU order.
+pub async fn lines_of(pool: &AnyPool, reservation_ids: &[String]) -> Result<Vec<(String, Line)>, sqlx::Error> {
+    if reservation_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT reservation_id, sku, quantity FROM reservation_lines WHERE reservation_id IN ({})
+         ORDER BY reservation_id, sku",
+        placeholders(1, reservation_ids.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, String, i64)>(&sql);
+    for id in reservation_ids {
+        query = query.bind(id);
+    }
+    Ok(query
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(id, sku, quantity)| (id, Line { sku, quantity }))
+        .collect())
+}
+
+/// Orders whose active reservations expired at or before `now`, oldest first.
+pub async fn expired(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT order_id FROM reservations WHERE status = 'active' AND expires_at <= $1
+         ORDER BY expires_at, id LIMIT {limit}"
+    ))
+    .bind(now)
+    .fetch_all(pool)
+    .await
+}
+
+/// A page of reservations, newest first (ids are UUIDv7), optionally of one status.
+pub async fn list_reservations(
+    pool: &AnyPool,
+    status: Option<&str>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ReservationRow>, sqlx::Error> {
+    let mut sql = format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE 1 = 1");
+    let mut binds = Vec::new();
+    if let Some(status) = status {
+        binds.push(status.to_owned());
+        sql.push_str(&format!(" AND status = ${}", binds.len()));
+    }
+    if let Some(before) = before {
+        binds.push(before.to_owned());
+        sql.push_str(&format!(" AND id < ${}", binds.len()));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+    let mut query = sqlx::query_as(&sql);
+    for bind in &binds {
+        query = query.bind(bind);
+    }
+    query.fetch_all(pool).await
+}
+
+/// Records a restock by its reference; `false` when that reference was already restocked.
+pub async fn claim_restock(tx: &mut Tx, reference: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("INSERT INTO restocks (reference, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(reference)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+// ----- the invariant check ------------------------------------------------------------------
+
+/// A SKU whose levels break an invariant.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Violation {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// The sum of the SKU's lines in active reservations.
+    pub held: i64,
+}
+
+/// SKUs where `reserved` differs from the sum of active reservations, or a level is negative,
+/// or more is reserved than is on hand.
+pub async fn violations(pool: &AnyPool) -> Result<Vec<Violation>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.sku, s.on_hand, s.reserved, CAST(COALESCE(h.held, 0) AS BIGINT) AS held
+         FROM stock s
+         LEFT JOIN (SELECT l.sku, CAST(SUM(l.quantity) AS BIGINT) AS held
+                    FROM reservation_lines l JOIN reservations r ON r.id = l.reservation_id
+                    WHERE r.status = 'active' GROUP BY l.sku) h ON h.sku = s.sku
+         WHERE s.on_hand < 0 OR s.reserved < 0 OR s.reserved > s.on_hand OR s.reserved <> COALESCE(h.held, 0)
+         ORDER BY s.sku",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How many SKUs the check covered.
+pub async fn count_skus(pool: &AnyPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM stock").fetch_one(pool).await
+}
