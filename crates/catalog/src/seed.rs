@@ -604,6 +604,17 @@ pub async fn seed(db: &Db, total: usize, now: i64) -> anyhow::Result<SeedReport>
     })
 }
 
+/// Every SKU of the demo products with its product id, for seeding their stock.
+pub async fn demo_skus(db: &Db) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT v.sku, v.product_id FROM variants v JOIN products p ON p.id = v.product_id
+         WHERE p.seller_id = $1 AND p.deleted_at IS NULL ORDER BY v.sku",
+    )
+    .bind(DEMO_SELLER.to_string())
+    .fetch_all(db.reader())
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

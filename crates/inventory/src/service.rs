@@ -830,7 +830,7 @@ pub struct DemoSku {
 }
 
 impl Inventory {
-    /// Gives each demo SKU not yet known a deterministic stock level (5–200 units, from the
+    /// Gives each demo SKU not yet known a deterministic stock level (10–200 units, from the
     /// SKU's text), recorded in the ledger as `demo seed`. Known SKUs keep their levels, so a
     /// second run changes nothing. Answers how many SKUs it stocked.
     pub async fn seed_demo_stock(&self, skus: &[DemoSku]) -> Result<usize, ApiError> {
@@ -883,10 +883,10 @@ impl Inventory {
     }
 }
 
-/// 5–200 units, the same for a SKU on every run.
+/// 10–200 units (above the default low-stock threshold), the same for a SKU on every run.
 fn demo_level(sku: &str) -> i64 {
     let hash = sku.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    5 + (hash % 196) as i64
+    10 + (hash % 191) as i64
 }

@@ -9,6 +9,7 @@ use axum::routing::get;
 use axum::Router;
 use catalog::Catalog;
 use identity::Identity;
+use inventory::Inventory;
 use platform::auth::{Role, TokenVerifier};
 use platform::bus::log::LogBus;
 use platform::bus::nats::{NatsBus, NatsConfig};
@@ -66,6 +67,7 @@ pub struct App {
     pub router: Router,
     pub identity: Arc<Identity>,
     pub catalog: Arc<Catalog>,
+    pub inventory: Arc<Inventory>,
     pub bus: Arc<dyn Bus>,
     /// The in-process log when the bus is the embedded one.
     pub log_bus: Option<LogBus>,
@@ -108,6 +110,41 @@ pub async fn catalog_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// Opens and migrates the inventory database.
+pub async fn inventory_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, inventory::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(inventory::SERVICE, inventory::store::MIGRATIONS).await?;
+    Ok(db)
+}
+
+pub fn build_inventory(config: &Config, db: Db, clock: SharedClock) -> Inventory {
+    let settings = inventory::Settings {
+        reservation_ttl: Duration::from_secs(config.inventory.reservation_ttl_secs),
+        default_low_stock_threshold: config.inventory.low_stock_threshold.max(0),
+        sweep_interval: Duration::from_secs(config.inventory.sweep_interval_secs.max(1)),
+    };
+    Inventory::new(db, clock, settings)
+}
+
+/// Gives the demo catalog's SKUs their demo stock (those not stocked yet).
+pub async fn seed_demo_stock(catalog_db: &Db, inventory: &Inventory) -> anyhow::Result<usize> {
+    let seller = Some(catalog::seed::DEMO_SELLER.to_string());
+    let skus: Vec<inventory::service::DemoSku> = catalog::seed::demo_skus(catalog_db)
+        .await?
+        .into_iter()
+        .map(|(sku, product_id)| inventory::service::DemoSku {
+            sku,
+            product_id,
+            seller_id: seller.clone(),
+        })
+        .collect();
+    inventory
+        .seed_demo_stock(&skus)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot seed the demo stock: {err}"))
+}
+
 /// Builds the catalog over its database, with its read cache and the search index under
 /// `<data dir>/search`.
 pub fn build_catalog(config: &Config, db: Db, clock: SharedClock) -> anyhow::Result<Catalog> {
@@ -123,15 +160,18 @@ pub fn build_catalog(config: &Config, db: Db, clock: SharedClock) -> anyhow::Res
     Ok(Catalog::new(db, clock, Arc::new(cache), Arc::new(index), settings))
 }
 
-/// Seeds the demo catalog on a first start (no categories yet), unless configured off.
-async fn seed_first_start(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
+/// Seeds the demo catalog and its stock on a first start (no categories yet), unless
+/// configured off.
+async fn seed_first_start(config: &Config, catalog: &Catalog, inventory: &Inventory) -> anyhow::Result<()> {
     if config.catalog.seed_products == 0 || !catalog::store::all_categories(catalog.db().reader()).await?.is_empty() {
         return Ok(());
     }
     let report = catalog::seed::seed(catalog.db(), config.catalog.seed_products, platform::clock::now_ms()).await?;
+    let stocked = seed_demo_stock(catalog.db(), inventory).await?;
     tracing::info!(
         products = report.products,
         categories = report.categories,
+        stocked_skus = stocked,
         elapsed_ms = report.elapsed_ms as u64,
         "seeded the demo catalog"
     );
@@ -162,6 +202,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     let mut doc = identity::api::IdentityApi::openapi();
     doc.merge(catalog::api::CatalogApi::openapi());
+    doc.merge(inventory::api::InventoryApi::openapi());
     doc.merge(platform::consumer::DeadLettersApi::openapi());
     doc.info.title = "Mercato API".to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -290,7 +331,10 @@ impl App {
         let catalog_db = catalog_db(&config).await?;
         dbs.push(catalog_db.clone());
         let catalog = Arc::new(build_catalog(&config, catalog_db.clone(), clock.clone())?);
-        seed_first_start(&config, &catalog).await?;
+        let inventory_db = inventory_db(&config).await?;
+        dbs.push(inventory_db.clone());
+        let inventory = Arc::new(build_inventory(&config, inventory_db.clone(), clock.clone()));
+        seed_first_start(&config, &catalog, &inventory).await?;
         // Rebuilds a missing index and catches up one that fell behind, before serving.
         catalog
             .indexer()
@@ -301,6 +345,11 @@ impl App {
         catalog
             .outbox()
             .spawn_relay(catalog::SERVICE, bus.clone(), cancel.clone());
+
+        inventory
+            .outbox()
+            .spawn_relay(inventory::SERVICE, bus.clone(), cancel.clone());
+        inventory.spawn_sweeper(cancel.clone());
 
         let mut dead_letters = DeadLetters::default();
         let catalog_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
@@ -324,6 +373,25 @@ impl App {
         ];
         for (name, handler, types) in catalog_consumers {
             dead_letters.register(IdempotentConsumer::new(name, catalog_db.clone(), handler), types);
+        }
+        let inventory_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 2] = [
+            (
+                "inventory-products",
+                Arc::new(inventory::events::ProductSkus {
+                    inventory: inventory.clone(),
+                }),
+                inventory::events::PRODUCT_EVENTS,
+            ),
+            (
+                "inventory-orders",
+                Arc::new(inventory::events::OrderReservations {
+                    inventory: inventory.clone(),
+                }),
+                inventory::events::ORDER_EVENTS,
+            ),
+        ];
+        for (name, handler, types) in inventory_consumers {
+            dead_letters.register(IdempotentConsumer::new(name, inventory_db.clone(), handler), types);
         }
         if !options.extension_consumers.is_empty() {
             let db = open_db(&config, "extensions").await?;
@@ -356,6 +424,11 @@ impl App {
             let db = db_for_health.clone();
             async move { db.ping().await.map_err(Into::into) }
         });
+        let db_for_health = inventory_db.clone();
+        checks.add("inventory_db", move || {
+            let db = db_for_health.clone();
+            async move { db.ping().await.map_err(Into::into) }
+        });
         let bus_for_health = bus.clone();
         checks.add("bus", move || {
             let bus = bus_for_health.clone();
@@ -367,6 +440,7 @@ impl App {
         let routes = Router::new()
             .merge(identity::api::router(identity.clone(), verifier.clone()))
             .merge(catalog::api::router(catalog.clone(), verifier.clone()))
+            .merge(inventory::api::router(inventory.clone(), verifier.clone()))
             .merge(platform::consumer::admin_router(dead_letters.clone()))
             .merge(checks.router())
             .route(
@@ -393,6 +467,7 @@ impl App {
             public_routes: identity::api::PUBLIC_ROUTES
                 .iter()
                 .chain(catalog::api::PUBLIC_ROUTES)
+                .chain(inventory::api::PUBLIC_ROUTES)
                 .map(|r| (*r).to_owned())
                 .collect(),
             verifier,
@@ -403,6 +478,7 @@ impl App {
             router,
             identity,
             catalog,
+            inventory,
             bus,
             log_bus,
             dead_letters,

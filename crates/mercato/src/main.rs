@@ -66,6 +66,19 @@ enum Command {
         #[command(subcommand)]
         task: AdminTask,
     },
+    /// Inventory tasks.
+    Inventory {
+        #[command(subcommand)]
+        task: InventoryTask,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InventoryTask {
+    /// Prove, for every SKU, that reserved equals the sum of its active reservations, that on
+    /// hand is not negative and covers what is reserved. Lists the SKUs that break it and
+    /// exits with status 1 when any does.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,7 +101,7 @@ enum AdminTask {
     RotateKeys,
 }
 
-const SERVICES: &[&str] = &["identity", "catalog"];
+const SERVICES: &[&str] = &["identity", "catalog", "inventory"];
 
 #[tokio::main]
 async fn main() {
@@ -119,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { service } => migrate(&config, service.as_deref()).await,
         Command::Seed { products } => seed(&config, products).await,
         Command::Admin { task } => admin(&config, task).await,
+        Command::Inventory { task } => inventory_task(&config, task).await,
     }
 }
 
@@ -219,6 +233,7 @@ async fn migrate(config: &Config, service: Option<&str>) -> anyhow::Result<()> {
         match service {
             "identity" => app::identity_db(config).await?.close().await,
             "catalog" => app::catalog_db(config).await?.close().await,
+            "inventory" => app::inventory_db(config).await?.close().await,
             _ => {}
         }
         println!("{service}: migrated");
@@ -230,15 +245,54 @@ async fn seed(config: &Config, products: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let db = app::catalog_db(config).await?;
     let report = catalog::seed::seed(&db, products, platform::clock::now_ms()).await?;
+    let inventory_db = app::inventory_db(config).await?;
+    let inventory = app::build_inventory(config, inventory_db.clone(), Arc::new(SystemClock));
+    let stocked = app::seed_demo_stock(&db, &inventory).await?;
     db.close().await;
+    inventory_db.close().await;
     println!(
-        "seeded {} products ({} variants) and {} categories in {:.1} s; the catalog now holds {products} demo products",
+        "seeded {} products ({} variants) and {} categories in {:.1} s, and stocked {stocked} new SKUs; \
+         the catalog now holds {products} demo products",
         report.products,
         report.variants,
         report.categories,
         report.elapsed_ms as f64 / 1000.0
     );
     Ok(())
+}
+
+async fn inventory_task(config: &Config, task: InventoryTask) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = app::inventory_db(config).await?;
+    let inventory = app::build_inventory(config, db.clone(), Arc::new(SystemClock));
+    match task {
+        InventoryTask::Check => {
+            let report = inventory
+                .check()
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot check the inventory: {err}"))?;
+            db.close().await;
+            for v in &report.violations {
+                println!(
+                    "VIOLATION {}: on hand {}, reserved {}, held by active reservations {}",
+                    v.sku, v.on_hand, v.reserved, v.held
+                );
+            }
+            if report.violations.is_empty() {
+                println!(
+                    "inventory check: {} SKUs, every one consistent (reserved = active reservations, 0 <= reserved <= on hand)",
+                    report.skus
+                );
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "inventory check: {} of {} SKUs are inconsistent",
+                    report.violations.len(),
+                    report.skus
+                )
+            }
+        }
+    }
 }
 
 async fn admin(config: &Config, task: AdminTask) -> anyhow::Result<()> {

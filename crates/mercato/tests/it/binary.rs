@@ -124,3 +124,53 @@ async fn a_killed_binary_restarts_with_its_users_and_events() {
         "the admin made at first start is kept, not made again"
     );
 }
+
+/// Runs `mercato --data-dir <dir> <args>`; answers (success, stdout, stderr).
+async fn run_command(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("the mercato binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_stocks_the_demo_skus_and_the_inventory_check_finds_broken_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run_command(dir.path(), &["seed", "--products", "20"]).await;
+    assert!(ok, "seed failed: {out} {err}");
+    assert!(out.contains("seeded 20 products"), "{out}");
+    let (ok, out, err) = run_command(dir.path(), &["inventory", "check"]).await;
+    assert!(ok, "a freshly seeded inventory is consistent: {out} {err}");
+    assert!(out.contains("every one consistent"), "{out}");
+
+    let url = format!("sqlite://{}", dir.path().join("inventory.db").display());
+    let db = Db::connect(&url, &DbOptions::default()).await.unwrap();
+    let skus: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stock WHERE on_hand >= 5")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+    assert!(skus >= 20, "every demo SKU has stock: {skus}");
+    let broken: String = sqlx::query_scalar("SELECT sku FROM stock ORDER BY sku LIMIT 1")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE stock SET reserved = 2 WHERE sku = $1")
+        .bind(&broken)
+        .execute(db.writer())
+        .await
+        .unwrap();
+    db.close().await;
+    let (ok, out, err) = run_command(dir.path(), &["inventory", "check"]).await;
+    assert!(!ok, "a broken SKU fails the check");
+    assert!(out.contains(&format!("VIOLATION {broken}: on hand")), "{out}");
+    assert!(err.contains("1 of"), "{err}");
+}

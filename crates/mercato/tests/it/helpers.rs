@@ -166,7 +166,11 @@ impl TestApp {
     /// only after the bus has it, so a test that has just seen an event waits here rather than
     /// reading the outbox at once.
     pub async fn outboxes_drain(&self) -> bool {
-        let outboxes = [self.app.identity.outbox(), self.app.catalog.outbox()];
+        let outboxes = [
+            self.app.identity.outbox(),
+            self.app.catalog.outbox(),
+            self.app.inventory.outbox(),
+        ];
         platform::testing::eventually(Duration::from_secs(5), || async {
             for outbox in outboxes {
                 if outbox.pending().await.ok()? != 0 {
@@ -226,6 +230,10 @@ impl TestApp {
 
     pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.request(reqwest::Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.request(reqwest::Method::PUT, path, token, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {

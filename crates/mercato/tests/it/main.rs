@@ -8,6 +8,7 @@ mod catalog;
 mod edge;
 mod events;
 mod helpers;
+mod inventory;
 mod jwt;
 mod logs;
 mod postgres;

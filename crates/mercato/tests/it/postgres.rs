@@ -321,3 +321,119 @@ async fn catalog_journey_on_postgres() {
     .await
     .expect(204);
 }
+
+/// Inventory on PostgreSQL: the demo stock seed and the admin lists (filters, prefix, paging),
+/// reservations and the ledger through HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_journey_on_postgres() {
+    let Some(url) = platform::testing::postgres_database_url()
+        .await
+        .expect("test database created")
+    else {
+        eprintln!("MERCATO_TEST_POSTGRES_URL is not set: inventory-on-PostgreSQL journey skipped");
+        return;
+    };
+    let app = TestApp::spawn_with(
+        |config| {
+            config.database.urls.insert("inventory".to_owned(), url);
+            config.catalog.seed_products = 12;
+        },
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(app.app.inventory.db().backend(), platform::store::Backend::Postgres);
+    let admin = app.admin_token().await;
+
+    // Every demo SKU was stocked; page through them two at a time.
+    let mut skus = Vec::new();
+    let mut path = "/api/v1/admin/inventory?limit=2".to_owned();
+    loop {
+        let page = app.get(&path, Some(&admin)).await.expect(200).body;
+        for item in page["items"].as_array().unwrap() {
+            assert!(item["on_hand"].as_i64().unwrap() >= 5);
+            skus.push(item["sku"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/admin/inventory?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert!(skus.len() >= 12, "{skus:?}");
+    let mut sorted = skus.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, skus, "SKU order, no repeats");
+
+    // A prefix filter, and the low-stock filter after a reservation takes one SKU low.
+    let first = &skus[0];
+    let prefix = &first[..first.len() - 1];
+    let by_prefix = app
+        .get(
+            &format!("/api/v1/admin/inventory?sku_prefix={prefix}&limit=100"),
+            Some(&admin),
+        )
+        .await
+        .expect(200)
+        .body;
+    let found: Vec<&str> = by_prefix["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sku"].as_str().unwrap())
+        .collect();
+    assert!(found.contains(&first.as_str()) && found.iter().all(|s| s.starts_with(prefix)));
+    let stock = app
+        .get(&format!("/api/v1/admin/inventory/{first}"), Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    let take = stock["available"].as_i64().unwrap() - 1;
+    let lines = [inventory::domain::Line {
+        sku: first.clone(),
+        quantity: take,
+    }];
+    app.app
+        .inventory
+        .reserve("pg-order", &lines, None, inventory::Context::default())
+        .await
+        .unwrap();
+    let low = app
+        .get("/api/v1/admin/inventory?low_stock=true", Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    let low: Vec<&str> = low["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sku"].as_str().unwrap())
+        .collect();
+    assert_eq!(low, vec![first.as_str()]);
+    let active = app
+        .get("/api/v1/admin/reservations?status=active", Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(active["items"][0]["order_id"], "pg-order");
+    assert_eq!(active["items"][0]["lines"][0]["quantity"], take);
+    let committed = app
+        .get("/api/v1/admin/reservations?status=committed", Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(committed["items"], json!([]));
+    let ledger = app
+        .get(&format!("/api/v1/admin/inventory/{first}/ledger"), Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    let kinds: Vec<&str> = ledger["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["reserve", "set"]);
+    app.wait_for_event("inventory.low_stock", first).await;
+    assert!(app.app.inventory.check().await.unwrap().violations.is_empty());
+}
