@@ -1,0 +1,112 @@
+//! The cart's consumers: product events refresh the price snapshots of every cart holding the
+//! SKU; order.paid empties the buyer's cart. Both are idempotent (they set values), so they run
+//! before the consumer's transaction and again on a redelivery.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use platform::consumer::EventHandler;
+use platform::events::Event;
+use platform::store::Tx;
+use serde::Deserialize;
+
+use crate::service::Cart;
+use crate::store::{Details, Snapshot};
+
+pub const PRODUCT_EVENTS: &[&str] = &["product.created", "product.updated", "product.deleted"];
+pub const ORDER_PAID: &str = "order.paid";
+
+pub struct Reprice {
+    pub cart: Arc<Cart>,
+}
+
+#[derive(Deserialize)]
+struct ProductChanged {
+    product_id: String,
+    slug: String,
+    name: String,
+    status: String,
+    currency: Option<String>,
+    #[serde(default)]
+    variants: Vec<Variant>,
+    image: Option<Image>,
+}
+
+#[derive(Deserialize)]
+struct Variant {
+    sku: String,
+    price: i64,
+}
+
+#[derive(Deserialize)]
+struct Image {
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct ProductDeleted {
+    #[serde(default)]
+    skus: Vec<String>,
+}
+
+#[async_trait]
+impl EventHandler for Reprice {
+    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
+        if event.kind == "product.deleted" {
+            let deleted: ProductDeleted = event.data_as()?;
+            let gone = Snapshot {
+                active: false,
+                details: None,
+            };
+            for sku in &deleted.skus {
+                self.cart.reprice(sku, &gone).await?;
+            }
+            return Ok(());
+        }
+        let product: ProductChanged = event.data_as()?;
+        for variant in &product.variants {
+            let snapshot = Snapshot {
+                active: product.status == "active",
+                details: Some(Details {
+                    product_id: product.product_id.clone(),
+                    name: product.name.clone(),
+                    slug: product.slug.clone(),
+                    image: product.image.as_ref().map(|i| i.url.clone()),
+                    unit_price: variant.price,
+                    currency: product.currency.clone().unwrap_or_else(|| "USD".to_owned()),
+                }),
+            };
+            self.cart.reprice(&variant.sku, &snapshot).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, _tx: &mut Tx, _event: &Event) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// order.paid `{user_id, …}` → the buyer's cart is empty.
+pub struct ClearOnPaid {
+    pub cart: Arc<Cart>,
+}
+
+#[derive(Deserialize)]
+struct Paid {
+    user_id: Option<uuid::Uuid>,
+}
+
+#[async_trait]
+impl EventHandler for ClearOnPaid {
+    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
+        let paid: Paid = event.data_as()?;
+        if let Some(user) = paid.user_id {
+            self.cart.clear_user(user).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, _tx: &mut Tx, _event: &Event) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
