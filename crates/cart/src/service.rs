@@ -366,15 +366,16 @@ impl Cart {
     pub async fn set_quantity(&self, owner: &Owner, sku: &str, quantity: i64) -> Result<CartView, ApiError> {
         let sku = parse_sku(sku)?;
         self.check_quantity(quantity)?;
+        let key = owner.key();
+        let held = self.store.lines(&key, self.now()).await?.iter().any(|l| l.sku == sku);
+        if !held {
+            return Err(ApiError::not_found("cart line"));
+        }
         let available = self.available(&sku).await?;
         if quantity > available {
             return Err(Self::short(&sku, available));
         }
-        if !self
-            .store
-            .set_quantity(&owner.key(), &sku, quantity, self.now())
-            .await?
-        {
+        if !self.store.set_quantity(&key, &sku, quantity, self.now()).await? {
             return Err(ApiError::not_found("cart line"));
         }
         self.view(owner).await

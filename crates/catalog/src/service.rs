@@ -80,6 +80,20 @@ pub struct ListQuery {
     pub sort: SortOrder,
 }
 
+/// A SKU as other services see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuDetails {
+    pub sku: String,
+    pub product_id: String,
+    pub name: String,
+    pub slug: String,
+    pub image: Option<String>,
+    pub price: i64,
+    pub currency: String,
+    /// The product is active and not deleted.
+    pub on_sale: bool,
+}
+
 /// A foreign key that no longer holds: the category went away during the request.
 fn missing_category(err: sqlx::Error, field: &str) -> ApiError {
     if err.as_database_error().is_some_and(|e| e.is_foreign_key_violation()) {
@@ -720,6 +734,28 @@ impl Catalog {
             "seq": row.seq,
             "version": row.version,
         })
+    }
+
+    /// What other services need of some SKUs (the cart's snapshot): product name, slug, first
+    /// image, price, and whether the product is on sale. Unknown SKUs are left out.
+    pub async fn sku_details(&self, skus: &[String]) -> Result<Vec<SkuDetails>, ApiError> {
+        let rows = store::sku_details(self.db.reader(), skus).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SkuDetails {
+                on_sale: row.status == ProductStatus::Active.as_str() && row.deleted_at.is_none(),
+                image: serde_json::from_str::<Vec<domain::Image>>(&row.images)
+                    .ok()
+                    .and_then(|images| images.into_iter().next())
+                    .map(|image| image.url),
+                sku: row.sku,
+                product_id: row.product_id,
+                name: row.name,
+                slug: row.slug,
+                price: row.price,
+                currency: self.settings.currency.clone(),
+            })
+            .collect())
     }
 
     // ----- search ----------------------------------------------------------------------------

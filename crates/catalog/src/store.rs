@@ -873,3 +873,33 @@ pub async fn products_by_ids(pool: &AnyPool, ids: &[String]) -> Result<Vec<Produ
     }
     query.fetch_all(pool).await
 }
+
+/// A SKU with what a cart shows of its product.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct SkuDetailRow {
+    pub sku: String,
+    pub product_id: String,
+    pub name: String,
+    pub slug: String,
+    pub status: String,
+    pub deleted_at: Option<i64>,
+    pub images: String,
+    pub price: i64,
+}
+
+/// The variants with these SKUs and their products (unknown SKUs are left out).
+pub async fn sku_details(pool: &AnyPool, skus: &[String]) -> Result<Vec<SkuDetailRow>, sqlx::Error> {
+    if skus.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT v.sku, v.product_id, p.name, p.slug, p.status, p.deleted_at, p.images, v.price
+         FROM variants v JOIN products p ON p.id = v.product_id WHERE v.sku IN ({})",
+        placeholders(skus.len())
+    );
+    let mut query = sqlx::query_as(&sql);
+    for sku in skus {
+        query = query.bind(sku);
+    }
+    query.fetch_all(pool).await
+}

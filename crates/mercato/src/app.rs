@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use async_trait::async_trait;
 use axum::routing::get;
 use axum::Router;
+use cart::Cart;
 use catalog::Catalog;
 use identity::Identity;
 use inventory::Inventory;
@@ -15,7 +17,7 @@ use platform::bus::log::LogBus;
 use platform::bus::nats::{NatsBus, NatsConfig};
 use platform::bus::Bus;
 use platform::clock::{SharedClock, SystemClock};
-use platform::config::{BusKind, Config};
+use platform::config::{BusKind, CartStoreKind, Config};
 use platform::consumer::{DeadLetters, EventHandler, IdempotentConsumer};
 use platform::health::HealthChecks;
 use platform::outbox::PLATFORM_MIGRATIONS;
@@ -68,6 +70,7 @@ pub struct App {
     pub identity: Arc<Identity>,
     pub catalog: Arc<Catalog>,
     pub inventory: Arc<Inventory>,
+    pub cart: Arc<Cart>,
     pub bus: Arc<dyn Bus>,
     /// The in-process log when the bus is the embedded one.
     pub log_bus: Option<LogBus>,
@@ -125,6 +128,94 @@ pub fn build_inventory(config: &Config, db: Db, clock: SharedClock) -> Inventory
         sweep_interval: Duration::from_secs(config.inventory.sweep_interval_secs.max(1)),
     };
     Inventory::new(db, clock, settings)
+}
+
+/// Opens and migrates the cart database (its outbox, and the carts when they live in SQL).
+pub async fn cart_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, cart::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(cart::SERVICE, cart::store::MIGRATIONS).await?;
+    Ok(db)
+}
+
+/// The catalog as the cart calls it, in process.
+struct CatalogProducts(Arc<Catalog>);
+
+#[async_trait]
+impl cart::service::Products for CatalogProducts {
+    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<cart::service::SkuInfo>> {
+        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(details
+            .into_iter()
+            .map(|d| cart::service::SkuInfo {
+                sku: d.sku,
+                product_id: d.product_id,
+                name: d.name,
+                slug: d.slug,
+                image: d.image,
+                price: d.price,
+                currency: d.currency,
+                active: d.on_sale,
+            })
+            .collect())
+    }
+}
+
+/// Inventory as the cart calls it, in process.
+struct InventoryStock(Arc<Inventory>);
+
+#[async_trait]
+impl cart::service::Stock for InventoryStock {
+    async fn available(&self, skus: &[String]) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+        let stocks = self.0.stocks(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(stocks
+            .into_iter()
+            .map(|s| {
+                let available = if s.discontinued { 0 } else { s.available.max(0) };
+                (s.sku, available)
+            })
+            .collect())
+    }
+}
+
+/// Builds the cart over its database, with its carts in SQL or Redis as configured.
+pub async fn build_cart(
+    config: &Config,
+    db: Db,
+    catalog: Arc<Catalog>,
+    inventory: Arc<Inventory>,
+    clock: SharedClock,
+) -> anyhow::Result<Cart> {
+    let ttl = Duration::from_secs(config.cart.ttl_secs.max(60));
+    let store: Arc<dyn cart::store::CartStore> = match config.cart.store {
+        CartStoreKind::Sql => Arc::new(cart::store::SqlCartStore::new(db.clone(), ttl)),
+        CartStoreKind::Redis => {
+            let url = config
+                .cart
+                .redis_url
+                .as_deref()
+                .context("cart.store is `redis` but cart.redis_url is not set (MERCATO_CART__REDIS_URL)")?;
+            Arc::new(
+                cart::redis_store::RedisCartStore::connect(url, &config.cart.redis_prefix, ttl)
+                    .await
+                    .context("cannot connect to Redis for carts")?,
+            )
+        }
+    };
+    let settings = cart::Settings {
+        max_quantity: config.cart.max_quantity.max(1),
+        abandoned_after: Duration::from_secs(config.cart.abandoned_after_secs.max(1)),
+        sweep_interval: Duration::from_secs(config.cart.sweep_interval_secs.max(1)),
+    };
+    Ok(Cart::new(
+        db,
+        store,
+        Arc::new(CatalogProducts(catalog)),
+        Arc::new(InventoryStock(inventory)),
+        clock,
+        settings,
+        &config.catalog.currency,
+    ))
 }
 
 /// Gives the demo catalog's SKUs their demo stock (those not stocked yet).
@@ -203,6 +294,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = identity::api::IdentityApi::openapi();
     doc.merge(catalog::api::CatalogApi::openapi());
     doc.merge(inventory::api::InventoryApi::openapi());
+    doc.merge(cart::api::CartApi::openapi());
     doc.merge(platform::consumer::DeadLettersApi::openapi());
     doc.info.title = "Mercato API".to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -351,6 +443,21 @@ impl App {
             .spawn_relay(inventory::SERVICE, bus.clone(), cancel.clone());
         inventory.spawn_sweeper(cancel.clone());
 
+        let cart_db = cart_db(&config).await?;
+        dbs.push(cart_db.clone());
+        let cart = Arc::new(
+            build_cart(
+                &config,
+                cart_db.clone(),
+                catalog.clone(),
+                inventory.clone(),
+                clock.clone(),
+            )
+            .await?,
+        );
+        cart.outbox().spawn_relay(cart::SERVICE, bus.clone(), cancel.clone());
+        cart.spawn_sweeper(cancel.clone());
+
         let mut dead_letters = DeadLetters::default();
         let catalog_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
             (
@@ -393,6 +500,21 @@ impl App {
         for (name, handler, types) in inventory_consumers {
             dead_letters.register(IdempotentConsumer::new(name, inventory_db.clone(), handler), types);
         }
+        let cart_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 2] = [
+            (
+                "cart-reprice",
+                Arc::new(cart::events::Reprice { cart: cart.clone() }),
+                cart::events::PRODUCT_EVENTS,
+            ),
+            (
+                "cart-orders",
+                Arc::new(cart::events::ClearOnPaid { cart: cart.clone() }),
+                &[cart::events::ORDER_PAID],
+            ),
+        ];
+        for (name, handler, types) in cart_consumers {
+            dead_letters.register(IdempotentConsumer::new(name, cart_db.clone(), handler), types);
+        }
         if !options.extension_consumers.is_empty() {
             let db = open_db(&config, "extensions").await?;
             db.migrate("platform", PLATFORM_MIGRATIONS).await?;
@@ -429,6 +551,11 @@ impl App {
             let db = db_for_health.clone();
             async move { db.ping().await.map_err(Into::into) }
         });
+        let cart_for_health = cart.clone();
+        checks.add("cart_store", move || {
+            let cart = cart_for_health.clone();
+            async move { cart.store().ping().await }
+        });
         let bus_for_health = bus.clone();
         checks.add("bus", move || {
             let bus = bus_for_health.clone();
@@ -441,6 +568,7 @@ impl App {
             .merge(identity::api::router(identity.clone(), verifier.clone()))
             .merge(catalog::api::router(catalog.clone(), verifier.clone()))
             .merge(inventory::api::router(inventory.clone(), verifier.clone()))
+            .merge(cart::api::router(cart.clone(), verifier.clone()))
             .merge(platform::consumer::admin_router(dead_letters.clone()))
             .merge(checks.router())
             .route(
@@ -468,6 +596,7 @@ impl App {
                 .iter()
                 .chain(catalog::api::PUBLIC_ROUTES)
                 .chain(inventory::api::PUBLIC_ROUTES)
+                .chain(cart::api::PUBLIC_ROUTES)
                 .map(|r| (*r).to_owned())
                 .collect(),
             verifier,
@@ -479,6 +608,7 @@ impl App {
             identity,
             catalog,
             inventory,
+            cart,
             bus,
             log_bus,
             dead_letters,

@@ -101,7 +101,7 @@ enum AdminTask {
     RotateKeys,
 }
 
-const SERVICES: &[&str] = &["identity", "catalog", "inventory"];
+const SERVICES: &[&str] = &["identity", "catalog", "inventory", "cart"];
 
 #[tokio::main]
 async fn main() {
@@ -234,6 +234,7 @@ async fn migrate(config: &Config, service: Option<&str>) -> anyhow::Result<()> {
             "identity" => app::identity_db(config).await?.close().await,
             "catalog" => app::catalog_db(config).await?.close().await,
             "inventory" => app::inventory_db(config).await?.close().await,
+            "cart" => app::cart_db(config).await?.close().await,
             _ => {}
         }
         println!("{service}: migrated");

@@ -46,6 +46,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub catalog: CatalogConfig,
     pub inventory: InventoryConfig,
+    pub cart: CartConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +145,46 @@ pub struct InventoryConfig {
     pub sweep_interval_secs: u64,
 }
 
+/// Where carts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CartStoreKind {
+    /// In the cart service's own database (the all-in-one default).
+    Sql,
+    /// In Redis (`cart.redis_url`): a hash per cart with a TTL.
+    Redis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CartConfig {
+    pub store: CartStoreKind,
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key the cart writes.
+    pub redis_prefix: String,
+    /// A cart nobody writes to for this long is gone.
+    pub ttl_secs: u64,
+    /// Most units of one SKU per cart.
+    pub max_quantity: i64,
+    /// A cart with items idle this long is reported once as cart.abandoned.
+    pub abandoned_after_secs: u64,
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for CartConfig {
+    fn default() -> Self {
+        Self {
+            store: CartStoreKind::Sql,
+            redis_url: None,
+            redis_prefix: "mercato:".to_owned(),
+            ttl_secs: 24 * 3600,
+            max_quantity: 99,
+            abandoned_after_secs: 3600,
+            sweep_interval_secs: 60,
+        }
+    }
+}
+
 impl Default for InventoryConfig {
     fn default() -> Self {
         Self {
@@ -185,6 +226,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             catalog: CatalogConfig::default(),
             inventory: InventoryConfig::default(),
+            cart: CartConfig::default(),
         }
     }
 }
@@ -307,7 +349,10 @@ impl Config {
         if matches!(self.bus.kind, BusKind::Log) {
             problems.push("bus.kind is `log`; set MERCATO_BUS__KIND=nats".to_owned());
         }
-        for service in ["identity", "catalog", "inventory"] {
+        if self.cart.store == CartStoreKind::Sql {
+            problems.push("cart.store is `sql`; set MERCATO_CART__STORE=redis and MERCATO_CART__REDIS_URL".to_owned());
+        }
+        for service in ["identity", "catalog", "inventory", "cart"] {
             if self.database_url(service).starts_with("sqlite:") {
                 problems.push(format!(
                     "{service} uses SQLite; set MERCATO_DATABASE__URLS__{}",
@@ -386,8 +431,19 @@ mod tests {
         assert!(
             err.contains("MERCATO_BUS__KIND")
                 && err.contains("MERCATO_DATABASE__URLS__IDENTITY")
-                && err.contains("MERCATO_DATABASE__URLS__CATALOG"),
+                && err.contains("MERCATO_DATABASE__URLS__CATALOG")
+                && err.contains("MERCATO_DATABASE__URLS__INVENTORY")
+                && err.contains("MERCATO_CART__STORE=redis"),
             "{err}"
         );
+        let mut redis_carts = Config {
+            profile: Profile::Production,
+            ..Config::default()
+        };
+        redis_carts.cart.store = CartStoreKind::Redis;
+        assert!(!redis_carts
+            .check_production()
+            .unwrap_err()
+            .contains("MERCATO_CART__STORE"));
     }
 }

@@ -80,6 +80,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.bus.retry_base_ms = 5;
     // Catalog tests create the products they need; the seeding test turns this back on.
     config.catalog.seed_products = 0;
+    // Tests run the cart sweeper themselves, after moving the clock.
+    config.cart.sweep_interval_secs = 24 * 3600;
     config
 }
 
@@ -170,6 +172,7 @@ impl TestApp {
             self.app.identity.outbox(),
             self.app.catalog.outbox(),
             self.app.inventory.outbox(),
+            self.app.cart.outbox(),
         ];
         platform::testing::eventually(Duration::from_secs(5), || async {
             for outbox in outboxes {

@@ -4,6 +4,7 @@ mod accounts;
 mod addresses;
 mod admin;
 mod binary;
+mod cart;
 mod catalog;
 mod edge;
 mod events;
