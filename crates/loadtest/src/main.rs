@@ -5,6 +5,8 @@
 //! - `login`: registers `--users` accounts, then logs them in round-robin (argon2-bound).
 //! - `get --path P [--path Q …] [--paths-file F]`: GETs paths round-robin, optionally with a
 //!   customer's token (`--auth`).
+//! - `cart --sku A [--sku B …]`: each worker fills its own guest cart: adds one unit of a SKU,
+//!   reads the cart, and empties it every 50 operations (every request counts as one operation).
 //!
 //! Every loop is bounded by `--requests` and `--max-seconds`; only loopback targets are allowed.
 
@@ -54,6 +56,12 @@ enum Scenario {
         #[arg(long)]
         auth: bool,
     },
+    /// Cart operations on one guest cart per worker: add, get, and now and then clear.
+    Cart {
+        /// SKUs to add (round-robin); they need stock.
+        #[arg(long = "sku", required = true)]
+        skus: Vec<String>,
+    },
 }
 
 const PASSWORD: &str = "load test passphrase";
@@ -79,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let emails = match &args.scenario {
         Scenario::Login { users } => register(&client, &base, &run, *users).await?,
         Scenario::Get { auth: true, .. } => register(&client, &base, &run, 1).await?,
-        Scenario::Get { .. } => Vec::new(),
+        Scenario::Get { .. } | Scenario::Cart { .. } => Vec::new(),
     };
     let token = match &args.scenario {
         Scenario::Get { auth: true, .. } => Some(login(&client, &base, &emails[0]).await?),
@@ -96,8 +104,10 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(!paths.is_empty(), "give at least one --path or a --paths-file");
             paths
         }
+        Scenario::Cart { skus } => skus.clone(),
         Scenario::Login { .. } => Vec::new(),
     });
+    let cart = matches!(args.scenario, Scenario::Cart { .. });
     let issued = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let started = Instant::now();
@@ -110,13 +120,16 @@ async fn main() -> anyhow::Result<()> {
             token.clone(),
         );
         let scenario = match &args.scenario {
-            Scenario::Login { .. } => None,
+            Scenario::Login { .. } | Scenario::Cart { .. } => None,
             Scenario::Get { .. } => Some(paths.clone()),
         };
+        let skus = paths.clone();
         let total = args.requests;
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            let mut cart_token: Option<String> = None;
+            let mut step = 0usize;
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= total || Instant::now() >= deadline {
@@ -124,6 +137,10 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let begin = Instant::now();
                 let ok = match &scenario {
+                    None if cart => {
+                        step += 1;
+                        cart_step(&client, &base, &skus, step, &mut cart_token).await
+                    }
                     None => {
                         let email = &emails[(n as usize) % emails.len()];
                         let body = json!({"email": email, "password": PASSWORD});
@@ -164,6 +181,45 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     report(&latencies, errors, elapsed, args.concurrency);
     Ok(())
+}
+
+/// One cart operation of a worker: every 50th empties the cart, odd steps add a unit of the
+/// next SKU, even steps read the cart. The first add hands out the worker's guest token.
+async fn cart_step(
+    client: &reqwest::Client,
+    base: &str,
+    skus: &[String],
+    step: usize,
+    token: &mut Option<String>,
+) -> bool {
+    let url = format!("{base}/api/v1/cart");
+    let request = if step.is_multiple_of(50) {
+        client.delete(&url)
+    } else if step % 2 == 1 {
+        let sku = &skus[(step / 2) % skus.len()];
+        client
+            .post(format!("{url}/items"))
+            .json(&json!({"sku": sku, "quantity": 1}))
+    } else {
+        client.get(&url)
+    };
+    let request = match token.as_deref() {
+        Some(t) => request.header("X-Cart-Token", t),
+        None => request,
+    };
+    match request.send().await {
+        Ok(response) => {
+            if token.is_none() {
+                *token = response
+                    .headers()
+                    .get("x-cart-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+            }
+            response.status().is_success() && response.bytes().await.is_ok()
+        }
+        Err(_) => false,
+    }
 }
 
 async fn register(client: &reqwest::Client, base: &str, run: &str, users: usize) -> anyhow::Result<Vec<String>> {
