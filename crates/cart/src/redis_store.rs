@@ -160,7 +160,8 @@ impl RedisCartStore {
         })
     }
 
-    fn cart_key(&self, cart: &str) -> String {
+    /// The Redis key of a cart's hash.
+    pub fn cart_key(&self, cart: &str) -> String {
         format!("{}cart:{cart}", self.prefix)
     }
 

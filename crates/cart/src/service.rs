@@ -327,20 +327,28 @@ impl Cart {
     /// Adds units of a SKU: 404 for an unknown SKU, 422 when it is not on sale or the line
     /// would exceed the per-line maximum, 409 (with `available`) beyond the stock.
     pub async fn add(&self, owner: &Owner, sku: &str, quantity: i64) -> Result<CartView, ApiError> {
-        let info = self.check_add(owner, sku, quantity).await?;
+        let sku = parse_sku(sku)?;
+        self.check_quantity(quantity)?;
+        let info = self.sku_info(&sku).await?;
+        let available = self.available(&sku).await?;
+        if quantity > available {
+            return Err(Self::short(&sku, available));
+        }
         let now = self.now();
-        let key = owner.key();
         let line = Self::stored(&info, quantity, now);
-        if let Err(current) = self.store.add(&key, &line, self.settings.max_quantity, now).await? {
-            return Err(ApiError::validation(
+        // One atomic step checks both limits against what the line already holds.
+        let limit = self.settings.max_quantity.min(available);
+        match self.store.add(&owner.key(), &line, limit, now).await? {
+            Ok(_) => self.view(owner).await,
+            Err(held) if held + quantity > available => Err(Self::short(&sku, available)),
+            Err(held) => Err(ApiError::validation(
                 "quantity",
                 format!(
-                    "a cart holds at most {} of one SKU; it has {current}",
+                    "a cart holds at most {} of one SKU; it has {held}",
                     self.settings.max_quantity
                 ),
-            ));
+            )),
         }
-        self.view(owner).await
     }
 
     /// Everything `add` checks, without adding: answers the SKU as the catalog sells it.

@@ -33,7 +33,9 @@ async fn main() -> anyhow::Result<()> {
         // A schema of its own, dropped at the end.
         let name = format!("bench_{}", uuid::Uuid::now_v7().simple());
         let admin = Db::connect(&target, &DbOptions::default()).await?;
-        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(admin.writer()).await?;
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(admin.writer())
+            .await?;
         admin.close().await;
         let options = DbOptions {
             max_connections: 20,
@@ -49,7 +51,9 @@ async fn main() -> anyhow::Result<()> {
     let skus: Vec<String> = (0..SKUS).map(|i| format!("BENCH-{i:03}")).collect();
     let mut tx = db.begin().await?;
     for sku in &skus {
-        inventory.sync_product(&mut tx, &format!("p-{sku}"), None, std::slice::from_ref(sku)).await?;
+        inventory
+            .sync_product(&mut tx, &format!("p-{sku}"), None, std::slice::from_ref(sku))
+            .await?;
     }
     tx.commit().await?;
     for sku in &skus {
@@ -112,12 +116,18 @@ async fn main() -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or_default()
     );
     let report = inventory.check().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    anyhow::ensure!(report.violations.is_empty(), "inventory check failed: {:?}", report.violations);
+    anyhow::ensure!(
+        report.violations.is_empty(),
+        "inventory check failed: {:?}",
+        report.violations
+    );
     println!("inventory check: {} SKUs consistent", report.skus);
     db.close().await;
     if let Some(name) = schema {
         let admin = Db::connect(&target, &DbOptions::default()).await?;
-        sqlx::query(&format!("DROP SCHEMA {name} CASCADE")).execute(admin.writer()).await?;
+        sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+            .execute(admin.writer())
+            .await?;
         admin.close().await;
     }
     Ok(())

@@ -523,27 +523,27 @@ impl Inventory {
                 .collect();
             return Err(ReserveError::Short(shortages));
         }
+        store::insert_lines(&mut tx, &row.id, &lines).await?;
+        let entries: Vec<Entry<'_>> = changed
+            .iter()
+            .map(|(line, after)| Entry {
+                sku: &line.sku,
+                kind: Movement::Reserve,
+                on_hand_delta: 0,
+                reserved_delta: line.quantity,
+                after,
+                reason: None,
+                reference: Some(&order_id),
+                actor: ctx.actor,
+                at: now,
+            })
+            .collect();
+        store::record_all(&mut tx, &entries).await?;
         for (line, after) in &changed {
-            store::insert_line(&mut tx, &row.id, line).await?;
             let before = Levels {
                 reserved: after.reserved - line.quantity,
                 ..after.levels()
             };
-            store::record(
-                &mut tx,
-                Entry {
-                    sku: &line.sku,
-                    kind: Movement::Reserve,
-                    on_hand_delta: 0,
-                    reserved_delta: line.quantity,
-                    after,
-                    reason: None,
-                    reference: Some(&order_id),
-                    actor: ctx.actor,
-                    at: now,
-                },
-            )
-            .await?;
             Self::signal(&mut tx, &line.sku, &before, after, ctx).await?;
         }
         let reservation = Reservation::from_row(row, lines)?;
@@ -633,13 +633,17 @@ impl Inventory {
             };
         };
         let lines = store::lines_in(&mut tx, &row.id).await?;
+        let (kind, sold) = if to == ReservationStatus::Committed {
+            (Movement::Commit, true)
+        } else {
+            (Movement::Release, false)
+        };
+        let mut changed = Vec::with_capacity(lines.len());
         for line in &lines {
-            let (after, kind, on_hand_delta) = if to == ReservationStatus::Committed {
-                let after = store::commit_units(&mut tx, &line.sku, line.quantity, now).await?;
-                (after, Movement::Commit, -line.quantity)
+            let after = if sold {
+                store::commit_units(&mut tx, &line.sku, line.quantity, now).await?
             } else {
-                let after = store::release_units(&mut tx, &line.sku, line.quantity, now).await?;
-                (after, Movement::Release, 0)
+                store::release_units(&mut tx, &line.sku, line.quantity, now).await?
             };
             // The reservation holds these units, so the row has them reserved; anything else
             // is a broken invariant, and nothing of this change may be kept.
@@ -649,27 +653,30 @@ impl Inventory {
                     line.sku
                 )
             })?;
-            store::record(
-                &mut tx,
-                Entry {
-                    sku: &line.sku,
-                    kind,
-                    on_hand_delta,
-                    reserved_delta: -line.quantity,
-                    after: &after,
-                    reason: reason_text,
-                    reference: Some(&order_id),
-                    actor: ctx.actor,
-                    at: now,
-                },
-            )
-            .await?;
+            changed.push((line, after, if sold { -line.quantity } else { 0 }));
+        }
+        let entries: Vec<Entry<'_>> = changed
+            .iter()
+            .map(|(line, after, on_hand_delta)| Entry {
+                sku: &line.sku,
+                kind,
+                on_hand_delta: *on_hand_delta,
+                reserved_delta: -line.quantity,
+                after,
+                reason: reason_text,
+                reference: Some(&order_id),
+                actor: ctx.actor,
+                at: now,
+            })
+            .collect();
+        store::record_all(&mut tx, &entries).await?;
+        for (line, after, on_hand_delta) in &changed {
             let before = Levels {
                 on_hand: after.on_hand - on_hand_delta,
                 reserved: after.reserved + line.quantity,
                 ..after.levels()
             };
-            Self::signal(&mut tx, &line.sku, &before, &after, ctx).await?;
+            Self::signal(&mut tx, &line.sku, &before, after, ctx).await?;
         }
         let (kind, mut data) = match to {
             ReservationStatus::Committed => (COMMITTED, json!({})),

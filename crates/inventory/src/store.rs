@@ -382,22 +382,37 @@ pub struct Entry<'a> {
 }
 
 pub async fn record(tx: &mut Tx, entry: Entry<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    record_all(tx, &[entry]).await
+}
+
+/// Writes several ledger entries in one statement (a reservation's lines).
+pub async fn record_all(tx: &mut Tx, entries: &[Entry<'_>]) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..entries.len())
+        .map(|i| format!("({})", placeholders(i * 10 + 1, 10)))
+        .collect();
+    let sql = format!(
         "INSERT INTO stock_ledger (sku, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
-           reason, reference, actor, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(entry.sku)
-    .bind(entry.kind.as_str())
-    .bind(entry.on_hand_delta)
-    .bind(entry.reserved_delta)
-    .bind(entry.after.on_hand)
-    .bind(entry.after.reserved)
-    .bind(entry.reason)
-    .bind(entry.reference)
-    .bind(entry.actor)
-    .bind(entry.at)
-    .execute(&mut **tx)
-    .await?;
+           reason, reference, actor, created_at) VALUES {}",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for entry in entries {
+        query = query
+            .bind(entry.sku)
+            .bind(entry.kind.as_str())
+            .bind(entry.on_hand_delta)
+            .bind(entry.reserved_delta)
+            .bind(entry.after.on_hand)
+            .bind(entry.after.reserved)
+            .bind(entry.reason)
+            .bind(entry.reference)
+            .bind(entry.actor)
+            .bind(entry.at);
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -446,13 +461,23 @@ pub async fn insert_reservation(tx: &mut Tx, r: &ReservationRow) -> Result<(), s
     Ok(())
 }
 
-pub async fn insert_line(tx: &mut Tx, reservation_id: &str, line: &Line) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO reservation_lines (reservation_id, sku, quantity) VALUES ($1, $2, $3)")
-        .bind(reservation_id)
-        .bind(&line.sku)
-        .bind(line.quantity)
-        .execute(&mut **tx)
-        .await?;
+/// Writes a reservation's lines in one statement.
+pub async fn insert_lines(tx: &mut Tx, reservation_id: &str, lines: &[Line]) -> Result<(), sqlx::Error> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..lines.len())
+        .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
+        .collect();
+    let sql = format!(
+        "INSERT INTO reservation_lines (reservation_id, sku, quantity) VALUES {}",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for line in lines {
+        query = query.bind(reservation_id).bind(&line.sku).bind(line.quantity);
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 

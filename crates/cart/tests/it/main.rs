@@ -273,15 +273,7 @@ async fn every_write_refreshes_the_time_to_live(f: Fixture) {
                 ::redis::Client::open(platform::testing::server_url(platform::testing::REDIS_URL_VAR).unwrap())
                     .unwrap();
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let keys: Vec<String> = ::redis::cmd("KEYS")
-                .arg("*cart:c")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            let key = keys
-                .into_iter()
-                .find(|k| k.ends_with(":cart:c") && k.starts_with("test:"))
-                .unwrap();
+            let key = redis.cart_key("c");
             let _: i64 = ::redis::cmd("EXPIRE")
                 .arg(&key)
                 .arg(100)
