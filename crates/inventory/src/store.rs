@@ -291,54 +291,53 @@ pub async fn adjust_on_hand(
     query.fetch_optional(&mut **tx).await
 }
 
-/// Reserves `quantity` units if that many are available (and the SKU is still sold).
-pub async fn reserve_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+/// One movement of units: `set` (with `$2` the quantity) applied where `condition` holds.
+async fn move_units(
+    tx: &mut Tx,
+    sku: &str,
+    set: &str,
+    condition: &str,
+    quantity: i64,
+    now: i64,
+) -> Result<Option<After>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "UPDATE stock SET reserved = reserved + $2, updated_at = $3
-         WHERE sku = $1 AND discontinued_at IS NULL AND on_hand - reserved >= $2 {RETURNING}"
+        "UPDATE stock SET {set}, updated_at = $3 WHERE sku = $1{condition} {RETURNING}"
     ))
     .bind(sku)
     .bind(quantity)
     .bind(now)
     .fetch_optional(&mut **tx)
     .await
+}
+
+/// Reserves `quantity` units if that many are available (and the SKU is still sold).
+pub async fn reserve_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+    let condition = " AND discontinued_at IS NULL AND on_hand - reserved >= $2";
+    move_units(tx, sku, "reserved = reserved + $2", condition, quantity, now).await
 }
 
 /// Turns reserved units into sold ones: both levels fall by `quantity`.
 pub async fn commit_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE stock SET on_hand = on_hand - $2, reserved = reserved - $2, updated_at = $3
-         WHERE sku = $1 AND reserved >= $2 {RETURNING}"
-    ))
-    .bind(sku)
-    .bind(quantity)
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await
+    let set = "on_hand = on_hand - $2, reserved = reserved - $2";
+    move_units(tx, sku, set, " AND reserved >= $2", quantity, now).await
 }
 
 /// Gives reserved units back.
 pub async fn release_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE stock SET reserved = reserved - $2, updated_at = $3 WHERE sku = $1 AND reserved >= $2 {RETURNING}"
-    ))
-    .bind(sku)
-    .bind(quantity)
-    .bind(now)
-    .fetch_optional(&mut **tx)
+    move_units(
+        tx,
+        sku,
+        "reserved = reserved - $2",
+        " AND reserved >= $2",
+        quantity,
+        now,
+    )
     .await
 }
 
 /// Puts sold units back on hand.
 pub async fn restock_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE stock SET on_hand = on_hand + $2, updated_at = $3 WHERE sku = $1 {RETURNING}"
-    ))
-    .bind(sku)
-    .bind(quantity)
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await
+    move_units(tx, sku, "on_hand = on_hand + $2", "", quantity, now).await
 }
 
 pub async fn set_alerted(tx: &mut Tx, sku: &str, alerted: bool) -> Result<(), sqlx::Error> {
