@@ -515,9 +515,7 @@ impl Cart {
     }
 }
 
-fn parse_sku(raw: &str) -> Result<String, ApiError> {
-    platform::sku::parse_sku("sku", raw).map_err(|e| ApiError::Validation(vec![e]))
-}
+use platform::sku::sku_param as parse_sku;
 
 #[cfg(test)]
 mod tests {

@@ -111,7 +111,7 @@ fn key_column(id_or_slug: &str) -> &'static str {
 
 /// `$1, $2, …` for `n` values.
 fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    platform::store::placeholders(1, n)
 }
 
 // ----- categories ---------------------------------------------------------------------------

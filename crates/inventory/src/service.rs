@@ -812,9 +812,7 @@ fn stale() -> ApiError {
     )
 }
 
-pub fn parse_sku(raw: &str) -> Result<String, ApiError> {
-    platform::sku::parse_sku("sku", raw).map_err(|e| ApiError::Validation(vec![e]))
-}
+pub use platform::sku::sku_param as parse_sku;
 
 /// Order ids are opaque to inventory but bounded: 1–100 visible ASCII characters.
 fn parse_order_id(raw: &str) -> Result<String, ApiError> {

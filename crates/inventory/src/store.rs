@@ -4,7 +4,7 @@
 //! the database checks the rule and applies the change atomically, so there is no
 //! read-then-write race and no lock service. A `CHECK` on the table is the last line of defence.
 
-use platform::store::{Migration, Tx};
+use platform::store::{placeholders, Migration, Tx};
 use sqlx::{AnyPool, FromRow};
 
 use crate::domain::{Levels, Line, Movement};
@@ -150,14 +150,6 @@ pub async fn stock_in(tx: &mut Tx, sku: &str) -> Result<Option<StockRow>, sqlx::
         .bind(sku)
         .fetch_optional(&mut **tx)
         .await
-}
-
-/// `$1, $2, …` for `n` values, starting at `$first`.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The rows of the given SKUs (unknown ones are absent), in SKU order.

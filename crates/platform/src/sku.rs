@@ -1,6 +1,6 @@
 //! SKU codes, shared by the services that key on them (catalog, inventory, cart).
 
-use crate::error::FieldError;
+use crate::error::{ApiError, FieldError};
 
 /// The longest SKU code accepted.
 pub const MAX_SKU_LEN: usize = 64;
@@ -17,6 +17,11 @@ pub fn parse_sku(field: &str, raw: &str) -> Result<String, FieldError> {
         return Err(FieldError::new(field, "must be 1–64 letters, digits, `-`, `_` or `.`"));
     }
     Ok(sku.to_owned())
+}
+
+/// A SKU named in a path or body, as the field `sku`: a 422 problem when it is not one.
+pub fn sku_param(raw: &str) -> Result<String, ApiError> {
+    parse_sku("sku", raw).map_err(|e| ApiError::Validation(vec![e]))
 }
 
 #[cfg(test)]

@@ -245,6 +245,15 @@ impl Db {
     }
 }
 
+/// `$first, $first+1, …` for `n` values: the placeholders of an `IN (…)` list or a multi-row
+/// `VALUES`, in the `$N` form both SQLite and PostgreSQL accept.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Written in a migration where an auto-incrementing 64-bit key is wanted; each engine gets its
 /// own spelling (`INTEGER PRIMARY KEY AUTOINCREMENT`, `BIGSERIAL PRIMARY KEY`).
 pub const SERIAL_KEY: &str = "SERIAL_KEY";
