@@ -132,10 +132,6 @@ async fn resolve(cart: &Cart, shopper: Shopper, create: bool, headers: &mut Head
     }
 }
 
-async fn empty(cart: &Cart) -> ApiResult<CartView> {
-    cart.view(&Owner::Guest(String::new())).await
-}
-
 /// The caller's cart with totals and warnings.
 #[utoipa::path(get, path = "/api/v1/cart", tag = "cart",
     params(("X-Cart-Token" = Option<String>, Header, description = "a guest's cart token")),
@@ -144,7 +140,7 @@ async fn view(State(cart): State<Arc<Cart>>, shopper: Shopper) -> ApiResult<(Hea
     let mut headers = HeaderMap::new();
     let view = match resolve(&cart, shopper, false, &mut headers).await? {
         Some(owner) => cart.view(&owner).await?,
-        None => empty(&cart).await?,
+        None => cart.empty_view(),
     };
     Ok((headers, Json(view)))
 }
@@ -178,16 +174,10 @@ async fn add(
     Json(body): Json<AddItemRequest>,
 ) -> ApiResult<(HeaderMap, Json<CartView>)> {
     let mut headers = HeaderMap::new();
-    // Validate before a guest is handed a token for nothing.
-    let owner = match (&shopper.user, &shopper.guest) {
-        (None, None) => {
-            let probe = Owner::Guest(String::new());
-            cart.check_add(&probe, &body.sku, body.quantity).await?;
-            resolve(&cart, shopper, true, &mut headers).await?
-        }
-        _ => resolve(&cart, shopper, true, &mut headers).await?,
-    };
-    let owner = owner.ok_or_else(|| anyhow::anyhow!("a cart owner is always resolved when creating"))?;
+    let owner = resolve(&cart, shopper, true, &mut headers)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a cart owner is always resolved when creating"))?;
+    // A refused add answers a problem without these headers: no token is handed out for it.
     Ok((headers, Json(cart.add(&owner, &body.sku, body.quantity).await?)))
 }
 

@@ -247,6 +247,17 @@ impl Cart {
         }
     }
 
+    /// The cart of a guest who has none yet.
+    pub fn empty_view(&self) -> CartView {
+        CartView {
+            lines: Vec::new(),
+            subtotal: 0,
+            item_count: 0,
+            currency: self.currency.clone(),
+            has_warnings: false,
+        }
+    }
+
     pub async fn view(&self, owner: &Owner) -> Result<CartView, ApiError> {
         let lines = self.store.lines(&owner.key(), self.now()).await?;
         self.render(lines).await
@@ -349,25 +360,6 @@ impl Cart {
                 ),
             )),
         }
-    }
-
-    /// Everything `add` checks, without adding: answers the SKU as the catalog sells it.
-    pub async fn check_add(&self, owner: &Owner, sku: &str, quantity: i64) -> Result<SkuInfo, ApiError> {
-        let sku = parse_sku(sku)?;
-        self.check_quantity(quantity)?;
-        let info = self.sku_info(&sku).await?;
-        let held = self
-            .store
-            .lines(&owner.key(), self.now())
-            .await?
-            .iter()
-            .find(|l| l.sku == sku)
-            .map_or(0, |l| l.quantity);
-        let available = self.available(&sku).await?;
-        if held + quantity > available {
-            return Err(Self::short(&sku, available));
-        }
-        Ok(info)
     }
 
     /// Sets a line's quantity: 404 when the cart has no such line, 409 beyond the stock.
