@@ -845,21 +845,9 @@ impl Inventory {
             let mut tx = self.db.begin().await?;
             for item in batch {
                 let on_hand = demo_level(&item.sku);
-                let inserted = sqlx::query(
-                    "INSERT INTO stock (sku, product_id, seller_id, on_hand, reserved, low_stock_threshold,
-                       low_stock_alerted, version, created_at, updated_at, discontinued_at)
-                     VALUES ($1, $2, $3, $4, 0, $5, 0, 1, $6, $6, NULL) ON CONFLICT (sku) DO NOTHING",
-                )
-                .bind(&item.sku)
-                .bind(&item.product_id)
-                .bind(&item.seller_id)
-                .bind(on_hand)
-                .bind(self.settings.default_low_stock_threshold)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 1 {
+                let threshold = self.settings.default_low_stock_threshold;
+                let seller = item.seller_id.as_deref();
+                if store::insert_stocked(&mut tx, &item.sku, &item.product_id, seller, on_hand, threshold, now).await? {
                     let after = After {
                         on_hand,
                         reserved: 0,

@@ -120,6 +120,31 @@ pub async fn ensure_sku(
     Ok(())
 }
 
+/// Registers a SKU with `on_hand` units unless it is known already; `true` when it was new.
+pub async fn insert_stocked(
+    tx: &mut Tx,
+    sku: &str,
+    product_id: &str,
+    seller_id: Option<&str>,
+    on_hand: i64,
+    threshold: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO stock ({STOCK_COLUMNS}) VALUES ($1, $2, $3, $4, 0, $5, 0, 1, $6, $6, NULL)
+         ON CONFLICT (sku) DO NOTHING"
+    ))
+    .bind(sku)
+    .bind(product_id)
+    .bind(seller_id)
+    .bind(on_hand)
+    .bind(threshold)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
 /// SKUs of `product_id` that are not among `keep`: the product dropped them.
 pub async fn skus_of_product(tx: &mut Tx, product_id: &str) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT sku FROM stock WHERE product_id = $1 AND discontinued_at IS NULL ORDER BY sku")

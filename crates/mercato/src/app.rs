@@ -536,21 +536,19 @@ impl App {
             &config.auth.audience,
         ));
         let mut checks = HealthChecks::default();
-        let db_for_health = identity_db.clone();
-        checks.add("identity_db", move || {
-            let db = db_for_health.clone();
-            async move { db.ping().await.map_err(Into::into) }
-        });
-        let db_for_health = catalog_db.clone();
-        checks.add("catalog_db", move || {
-            let db = db_for_health.clone();
-            async move { db.ping().await.map_err(Into::into) }
-        });
-        let db_for_health = inventory_db.clone();
-        checks.add("inventory_db", move || {
-            let db = db_for_health.clone();
-            async move { db.ping().await.map_err(Into::into) }
-        });
+        let service_dbs = [
+            ("identity_db", &identity_db),
+            ("catalog_db", &catalog_db),
+            ("inventory_db", &inventory_db),
+            ("cart_db", &cart_db),
+        ];
+        for (name, db) in service_dbs {
+            let db = db.clone();
+            checks.add(name, move || {
+                let db = db.clone();
+                async move { db.ping().await.map_err(Into::into) }
+            });
+        }
         let cart_for_health = cart.clone();
         checks.add("cart_store", move || {
             let cart = cart_for_health.clone();
