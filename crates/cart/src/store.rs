@@ -297,40 +297,31 @@ impl CartStore for SqlCartStore {
     }
 
     async fn clear(&self, cart: &str) -> anyhow::Result<()> {
-        let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM cart_lines WHERE cart_key = $1")
-            .bind(cart)
-            .execute(&mut *tx)
-            .await?;
+        // The lines go with the cart (ON DELETE CASCADE).
         sqlx::query("DELETE FROM carts WHERE cart_key = $1")
             .bind(cart)
-            .execute(&mut *tx)
+            .execute(self.db.writer())
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     async fn take(&self, cart: &str, now: i64) -> anyhow::Result<Vec<StoredLine>> {
         let mut tx = self.db.begin().await?;
-        let lines = sqlx::query_as(&format!(
-            "DELETE FROM cart_lines WHERE cart_key = $1
-             AND EXISTS (SELECT 1 FROM carts WHERE cart_key = $1 AND expires_at > $2)
-             RETURNING {SELECT_LINE}"
+        let mut lines: Vec<StoredLine> = sqlx::query_as(&format!(
+            "DELETE FROM cart_lines WHERE cart_key = $1 RETURNING {SELECT_LINE}"
         ))
         .bind(cart)
-        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM cart_lines WHERE cart_key = $1")
+        let expires_at: Option<i64> = sqlx::query_scalar("DELETE FROM carts WHERE cart_key = $1 RETURNING expires_at")
             .bind(cart)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM carts WHERE cart_key = $1")
-            .bind(cart)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut lines: Vec<StoredLine> = lines;
+        // An expired cart's lines are gone, not handed over.
+        if expires_at.is_none_or(|at| at <= now) {
+            return Ok(Vec::new());
+        }
         lines.sort_by(|a, b| (a.added_at, &a.sku).cmp(&(b.added_at, &b.sku)));
         Ok(lines)
     }
@@ -409,18 +400,12 @@ impl CartStore for SqlCartStore {
     }
 
     async fn purge_expired(&self, now: i64) -> anyhow::Result<u64> {
-        let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM cart_lines WHERE cart_key IN (SELECT cart_key FROM carts WHERE expires_at <= $1)")
+        // The lines go with their carts (ON DELETE CASCADE).
+        Ok(sqlx::query("DELETE FROM carts WHERE expires_at <= $1")
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let purged = sqlx::query("DELETE FROM carts WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&mut *tx)
+            .execute(self.db.writer())
             .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(purged)
+            .rows_affected())
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
