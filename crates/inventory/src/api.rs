@@ -62,7 +62,7 @@ pub struct Availability {
 
 impl From<&StockView> for Availability {
     fn from(stock: &StockView) -> Self {
-        let available = if stock.discontinued { 0 } else { stock.available.max(0) };
+        let available = stock.sellable();
         Self {
             sku: stock.sku.clone(),
             available,

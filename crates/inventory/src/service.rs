@@ -139,6 +139,17 @@ pub struct StockView {
     pub updated_at: i64,
 }
 
+impl StockView {
+    /// What can still be sold: nothing of a discontinued SKU, never below zero.
+    pub fn sellable(&self) -> i64 {
+        if self.discontinued {
+            0
+        } else {
+            self.available.max(0)
+        }
+    }
+}
+
 impl From<StockRow> for StockView {
     fn from(row: StockRow) -> Self {
         let available = row.available();

@@ -168,13 +168,7 @@ struct InventoryStock(Arc<Inventory>);
 impl cart::service::Stock for InventoryStock {
     async fn available(&self, skus: &[String]) -> anyhow::Result<std::collections::HashMap<String, i64>> {
         let stocks = self.0.stocks(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(stocks
-            .into_iter()
-            .map(|s| {
-                let available = if s.discontinued { 0 } else { s.available.max(0) };
-                (s.sku, available)
-            })
-            .collect())
+        Ok(stocks.into_iter().map(|s| (s.sku.clone(), s.sellable())).collect())
     }
 }
 
