@@ -15,6 +15,8 @@ use crate::store::{Details, Snapshot};
 
 pub const PRODUCT_EVENTS: &[&str] = &["product.created", "product.updated", "product.deleted"];
 pub const ORDER_PAID: &str = "order.paid";
+/// The orders after which the buyer's cart is emptied: paid, or accepted for cash on delivery.
+pub const ORDER_EVENTS: &[&str] = &[ORDER_PAID, "order.confirmed"];
 
 pub struct Reprice {
     pub cart: Arc<Cart>,

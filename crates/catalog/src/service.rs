@@ -87,6 +87,8 @@ pub struct SkuDetails {
     pub product_id: String,
     pub name: String,
     pub slug: String,
+    /// The seller's user id.
+    pub seller_id: String,
     pub image: Option<String>,
     pub price: i64,
     pub currency: String,
@@ -752,6 +754,7 @@ impl Catalog {
                 product_id: row.product_id,
                 name: row.name,
                 slug: row.slug,
+                seller_id: row.seller_id,
                 price: row.price,
                 currency: self.settings.currency.clone(),
             })

@@ -881,6 +881,7 @@ pub struct SkuDetailRow {
     pub product_id: String,
     pub name: String,
     pub slug: String,
+    pub seller_id: String,
     pub status: String,
     pub deleted_at: Option<i64>,
     pub images: String,
@@ -893,7 +894,7 @@ pub async fn sku_details(pool: &AnyPool, skus: &[String]) -> Result<Vec<SkuDetai
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT v.sku, v.product_id, p.name, p.slug, p.status, p.deleted_at, p.images, v.price
+        "SELECT v.sku, v.product_id, p.name, p.slug, p.seller_id, p.status, p.deleted_at, p.images, v.price
          FROM variants v JOIN products p ON p.id = v.product_id WHERE v.sku IN ({})",
         placeholders(skus.len())
     );

@@ -10,11 +10,17 @@ use platform::events::Event;
 use platform::store::Tx;
 use serde::Deserialize;
 
-use crate::domain::ReleaseReason;
+use crate::domain::{Line, ReleaseReason, ReservationStatus};
 use crate::service::{Context, Inventory};
 
 pub const PRODUCT_EVENTS: &[&str] = &["product.created", "product.updated", "product.deleted"];
-pub const ORDER_EVENTS: &[&str] = &["order.paid", "order.cancelled"];
+pub const ORDER_EVENTS: &[&str] = &[
+    "order.paid",
+    "order.confirmed",
+    "order.cancelled",
+    "order.payment_failed",
+    "return.received",
+];
 
 /// Registers the SKUs of created and updated products (with no stock) and discontinues the
 /// SKUs of deleted products or those a product dropped.
@@ -58,9 +64,12 @@ impl EventHandler for ProductSkus {
     }
 }
 
-/// order.paid → commit the order's reservation; order.cancelled → release it. Both are
-/// idempotent in the service, so this runs before the consumer's transaction (on SQLite that
-/// transaction would hold the only writer the service needs) and again on a redelivery.
+/// order.paid and order.confirmed (cash on delivery) → commit the order's reservation;
+/// order.cancelled and order.payment_failed → release it, or, when it was already committed
+/// (an order cancelled after payment), put its units back on hand; return.received → put the
+/// returned units back. All are idempotent in the service (restocks by their reference), so
+/// this runs before the consumer's transaction (on SQLite that transaction would hold the only
+/// writer the service needs) and again on a redelivery.
 pub struct OrderReservations {
     pub inventory: Arc<Inventory>,
 }
@@ -74,12 +83,38 @@ impl EventHandler for OrderReservations {
         };
         let order_id = event.subject.as_str();
         let result = match event.kind.as_str() {
-            "order.paid" => self.inventory.commit(order_id, ctx).await,
-            "order.cancelled" => self.inventory.release(order_id, ReleaseReason::Cancelled, ctx).await,
+            "order.paid" | "order.confirmed" => self.inventory.commit(order_id, ctx).await.map(|_| ()),
+            "order.cancelled" | "order.payment_failed" => {
+                let reason = if event.kind == "order.cancelled" {
+                    ReleaseReason::Cancelled
+                } else {
+                    ReleaseReason::PaymentFailed
+                };
+                match self.inventory.release(order_id, reason, ctx).await {
+                    Err(ApiError::Conflict(_)) => self.restock_committed(order_id, ctx).await,
+                    other => other.map(|_| ()),
+                }
+            }
+            "return.received" => {
+                let received: ReturnReceived = event.data_as()?;
+                let lines: Vec<Line> = received
+                    .lines
+                    .into_iter()
+                    .map(|l| Line {
+                        sku: l.sku,
+                        quantity: l.quantity,
+                    })
+                    .collect();
+                let reference = format!("return:{}", received.return_id);
+                self.inventory
+                    .restock(&reference, &lines, "returned by the customer", ctx)
+                    .await
+                    .map(|_| ())
+            }
             _ => return Ok(()),
         };
         match result {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             // An order without a reservation (cash on delivery before stock was held, or an
             // order from before inventory existed) or one already finished the other way:
             // the orders service decides what that means; nothing to change here.
@@ -93,5 +128,32 @@ impl EventHandler for OrderReservations {
 
     async fn handle(&self, _tx: &mut Tx, _event: &Event) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct ReturnReceived {
+    return_id: String,
+    lines: Vec<ReturnedLine>,
+}
+
+#[derive(Deserialize)]
+struct ReturnedLine {
+    sku: String,
+    quantity: i64,
+}
+
+impl OrderReservations {
+    /// Puts a committed reservation's units back on hand (once per order).
+    async fn restock_committed(&self, order_id: &str, ctx: Context<'_>) -> Result<(), ApiError> {
+        let reservation = self.inventory.reservation(order_id).await?;
+        if reservation.status != ReservationStatus::Committed {
+            return Ok(());
+        }
+        let reference = format!("cancel:{order_id}");
+        self.inventory
+            .restock(&reference, &reservation.lines, "order cancelled after payment", ctx)
+            .await
+            .map(|_| ())
     }
 }

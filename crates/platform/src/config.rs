@@ -47,6 +47,8 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub inventory: InventoryConfig,
     pub cart: CartConfig,
+    pub orders: OrdersConfig,
+    pub payments: PaymentsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +147,81 @@ pub struct InventoryConfig {
     pub sweep_interval_secs: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrdersConfig {
+    /// The flat shipping fee of an order (minor units of the shop's currency).
+    pub shipping_flat_minor: i64,
+    /// Orders whose goods (after the discount) reach this ship free; absent: never free.
+    pub free_shipping_threshold_minor: Option<i64>,
+    /// Tax rate per destination country (ISO 3166-1 alpha-2), in basis points (1900 = 19 %).
+    pub tax_rates_bps: BTreeMap<String, i64>,
+    /// The rate for countries not listed, in basis points.
+    pub default_tax_bps: i64,
+    /// How long after delivery a customer may ask to return items.
+    pub return_window_days: i64,
+    /// How long an `Idempotency-Key` and its stored response are kept.
+    pub idempotency_ttl_secs: u64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            shipping_flat_minor: 499,
+            free_shipping_threshold_minor: Some(5_000),
+            tax_rates_bps: BTreeMap::new(),
+            default_tax_bps: 0,
+            return_window_days: 30,
+            idempotency_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PaymentsConfig {
+    /// Secrets the mock provider's webhooks are signed with: the first signs, any verifies
+    /// (rotation). The built-in development secret is refused by the production profile.
+    pub webhook_secrets: Vec<String>,
+    /// How far a webhook's timestamp may be from now.
+    pub webhook_tolerance_secs: u64,
+    /// Longest wait for one provider call.
+    pub provider_timeout_ms: u64,
+    /// Consecutive provider failures that open the circuit breaker, and how long it stays open.
+    pub breaker_threshold: u32,
+    pub breaker_open_secs: u64,
+    /// The mock provider decides by itself (tests, load runs); also `MERCATO_PAYMENTS_MOCK_AUTO=true`.
+    pub mock_auto: bool,
+    /// In automatic mode: the share of payments approved (0.0–1.0).
+    pub mock_approve_ratio: f64,
+    /// In automatic mode: how long the provider takes to decide.
+    pub mock_delay_ms: u64,
+    /// In automatic mode: deliver every webhook twice.
+    pub mock_duplicate_webhooks: bool,
+    /// In automatic mode: deliver webhooks this much later still.
+    pub mock_late_ms: u64,
+}
+
+/// The development webhook secret; fine on one machine, refused in production.
+pub const DEV_WEBHOOK_SECRET: &str = "whsec_mercato_development_only";
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_secrets: vec![DEV_WEBHOOK_SECRET.to_owned()],
+            webhook_tolerance_secs: 300,
+            provider_timeout_ms: 5_000,
+            breaker_threshold: 5,
+            breaker_open_secs: 30,
+            mock_auto: false,
+            mock_approve_ratio: 1.0,
+            mock_delay_ms: 0,
+            mock_duplicate_webhooks: false,
+            mock_late_ms: 0,
+        }
+    }
+}
+
 /// Where carts live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -227,6 +304,8 @@ impl Default for Config {
             catalog: CatalogConfig::default(),
             inventory: InventoryConfig::default(),
             cart: CartConfig::default(),
+            orders: OrdersConfig::default(),
+            payments: PaymentsConfig::default(),
         }
     }
 }
@@ -314,6 +393,12 @@ impl Config {
         }
         figment
             .merge(Env::prefixed("MERCATO_").split("__"))
+            // The documented switch of the mock provider's automatic mode.
+            .merge(
+                Env::raw()
+                    .only(&["MERCATO_PAYMENTS_MOCK_AUTO"])
+                    .map(|_| "payments.mock_auto".into()),
+            )
             .extract()
             .map_err(Box::new)
     }
@@ -352,7 +437,20 @@ impl Config {
         if self.cart.store == CartStoreKind::Sql {
             problems.push("cart.store is `sql`; set MERCATO_CART__STORE=redis and MERCATO_CART__REDIS_URL".to_owned());
         }
-        for service in ["identity", "catalog", "inventory", "cart"] {
+        if self.payments.webhook_secrets.is_empty()
+            || self
+                .payments
+                .webhook_secrets
+                .iter()
+                .any(|s| s == DEV_WEBHOOK_SECRET || s.len() < 16)
+        {
+            problems.push(
+                "payments.webhook_secrets holds the development secret or one shorter than 16 characters; \
+                 set MERCATO_PAYMENTS__WEBHOOK_SECRETS"
+                    .to_owned(),
+            );
+        }
+        for service in ["identity", "catalog", "inventory", "cart", "orders", "payments"] {
             if self.database_url(service).starts_with("sqlite:") {
                 problems.push(format!(
                     "{service} uses SQLite; set MERCATO_DATABASE__URLS__{}",
@@ -422,6 +520,22 @@ mod tests {
     }
 
     #[test]
+    fn the_mock_providers_automatic_mode_has_its_own_switch() {
+        figment::Jail::expect_with(|jail| {
+            assert!(!Config::load(None).map_err(|e| *e)?.payments.mock_auto);
+            jail.set_env("MERCATO_PAYMENTS_MOCK_AUTO", "true");
+            let config = Config::load(None).map_err(|e| *e)?;
+            assert!(config.payments.mock_auto);
+            jail.set_env("MERCATO_PAYMENTS_MOCK_AUTO", "false");
+            jail.set_env("MERCATO_PAYMENTS__MOCK_APPROVE_RATIO", "0.25");
+            let config = Config::load(None).map_err(|e| *e)?;
+            assert!(!config.payments.mock_auto);
+            assert_eq!(config.payments.mock_approve_ratio, 0.25);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn production_refuses_embedded_backends() {
         let config = Config {
             profile: Profile::Production,
@@ -433,7 +547,9 @@ mod tests {
                 && err.contains("MERCATO_DATABASE__URLS__IDENTITY")
                 && err.contains("MERCATO_DATABASE__URLS__CATALOG")
                 && err.contains("MERCATO_DATABASE__URLS__INVENTORY")
-                && err.contains("MERCATO_CART__STORE=redis"),
+                && err.contains("MERCATO_CART__STORE=redis")
+                && err.contains("MERCATO_DATABASE__URLS__ORDERS")
+                && err.contains("MERCATO_PAYMENTS__WEBHOOK_SECRETS"),
             "{err}"
         );
         let mut redis_carts = Config {

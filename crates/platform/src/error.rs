@@ -163,6 +163,33 @@ pub struct Problem {
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+impl ApiError {
+    /// The problem body this error answers with (what a stored response replays).
+    pub fn to_problem(&self) -> Problem {
+        let status = self.status();
+        Problem {
+            kind: format!("https://mercato.dev/problems/{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: match self {
+                Self::Internal(_) => Some("an unexpected error occurred".to_owned()),
+                other => Some(other.to_string()),
+            },
+            extensions: match self {
+                Self::ConflictWith {
+                    members: serde_json::Value::Object(members),
+                    ..
+                } => members.clone(),
+                _ => serde_json::Map::new(),
+            },
+            errors: match self {
+                Self::Validation(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -1,0 +1,191 @@
+//! The orders service's consumers: payment outcomes move orders (paid, payment failed), an
+//! expired reservation cancels an unpaid order (`payment_timeout`), refunds are noted.
+//!
+//! Status changes go through [`Orders::apply`], which is idempotent (a repeated event meets the
+//! state machine's `Stay`), so they run in `prepare`, outside the consumer's transaction: on
+//! SQLite that transaction holds the only writer the change needs. The timeline note of each
+//! event is written in the consumer's transaction, so a redelivery adds none.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use platform::consumer::EventHandler;
+use platform::error::ApiError;
+use platform::events::Event;
+use platform::store::Tx;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::domain::{OrderStatus, Trigger};
+use crate::service::{Actor, Orders};
+use crate::store::{self, TimelineEntry};
+
+pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded";
+pub const PAYMENT_FAILED: &str = "payment.failed";
+pub const REFUND_SUCCEEDED: &str = "refund.succeeded";
+pub const PAYMENT_EVENTS: &[&str] = &[PAYMENT_SUCCEEDED, PAYMENT_FAILED, REFUND_SUCCEEDED];
+pub const INVENTORY_RELEASED: &str = "inventory.released";
+
+#[derive(Deserialize)]
+struct PaymentData {
+    order_id: String,
+    #[serde(default)]
+    amount_minor: Option<i64>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    fully_refunded: Option<bool>,
+}
+
+pub struct PaymentOutcomes {
+    pub orders: Arc<Orders>,
+}
+
+fn as_anyhow(err: ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{err}")
+}
+
+#[async_trait]
+impl EventHandler for PaymentOutcomes {
+    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
+        let data: PaymentData = event.data_as()?;
+        let correlation = event.correlationid.as_deref();
+        let actor = Actor::Service("payments");
+        let trigger = match event.kind.as_str() {
+            PAYMENT_SUCCEEDED => Trigger::PaymentSucceeded,
+            PAYMENT_FAILED => Trigger::PaymentFailed,
+            _ => return Ok(()),
+        };
+        let reason = data.reason.as_deref().or(Some(event.kind.as_str()));
+        let applied = match self
+            .orders
+            .apply(&data.order_id, trigger, &actor, reason, None, correlation)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(ApiError::NotFound(_)) => {
+                tracing::warn!(order_id = %data.order_id, event = %event.kind, "payment event for an unknown order");
+                return Ok(());
+            }
+            Err(err) => return Err(as_anyhow(err)),
+        };
+        // Money captured for an order that already ended (cancelled, or declined and its stock
+        // given back): it goes back to the buyer.
+        let status = OrderStatus::parse(&applied.order.status);
+        if trigger == Trigger::PaymentSucceeded
+            && applied.moved_from.is_none()
+            && matches!(status, Some(OrderStatus::Cancelled | OrderStatus::PaymentFailed))
+        {
+            let order_id = Uuid::parse_str(&data.order_id)?;
+            let key = format!("void:{}", data.order_id);
+            match self
+                .orders
+                .clients
+                .payments
+                .refund(order_id, None, "captured after the order ended", &key, correlation)
+                .await
+            {
+                Ok(()) => {}
+                // Nothing left to refund (payments refunded it on order.cancelled already).
+                Err(ApiError::Conflict(_) | ApiError::Unprocessable(_)) => {}
+                Err(err) => return Err(as_anyhow(err)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, tx: &mut Tx, event: &Event) -> anyhow::Result<()> {
+        let data: PaymentData = event.data_as()?;
+        if store::order(&mut **tx, &data.order_id).await?.is_none() {
+            return Ok(());
+        }
+        let amount = match (data.amount_minor, &data.currency) {
+            (Some(amount), Some(currency)) => format!(" {amount} {currency}"),
+            _ => String::new(),
+        };
+        let (kind, text) = match event.kind.as_str() {
+            PAYMENT_SUCCEEDED => (
+                "payment",
+                format!(
+                    "payment captured{amount}{}",
+                    data.reference.map(|r| format!(" ({r})")).unwrap_or_default()
+                ),
+            ),
+            PAYMENT_FAILED => (
+                "payment",
+                format!("payment failed: {}", data.reason.as_deref().unwrap_or("declined")),
+            ),
+            REFUND_SUCCEEDED => (
+                "refund",
+                format!(
+                    "refunded{amount}{}",
+                    if data.fully_refunded == Some(true) {
+                        " (in full)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            _ => return Ok(()),
+        };
+        store::append_timeline(
+            tx,
+            TimelineEntry {
+                order_id: &data.order_id,
+                at: platform::clock::now_ms(),
+                kind,
+                from_status: None,
+                to_status: None,
+                actor: "payments",
+                reason: Some(&text),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct Released {
+    order_id: String,
+    reason: Option<String>,
+}
+
+/// inventory.released with reason `expired`: nobody paid in time; the order is cancelled with
+/// reason `payment_timeout` (payments then cancels the intent).
+pub struct ReservationExpiry {
+    pub orders: Arc<Orders>,
+}
+
+#[async_trait]
+impl EventHandler for ReservationExpiry {
+    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
+        let data: Released = event.data_as()?;
+        if data.reason.as_deref() != Some("expired") {
+            return Ok(());
+        }
+        match self
+            .orders
+            .apply(
+                &data.order_id,
+                Trigger::ReservationExpired,
+                &Actor::Service("inventory"),
+                Some("payment_timeout"),
+                None,
+                event.correlationid.as_deref(),
+            )
+            .await
+        {
+            Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
+            Err(err) => Err(as_anyhow(err)),
+        }
+    }
+
+    async fn handle(&self, _tx: &mut Tx, _event: &Event) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
