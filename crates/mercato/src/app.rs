@@ -71,6 +71,8 @@ pub struct App {
     pub catalog: Arc<Catalog>,
     pub inventory: Arc<Inventory>,
     pub cart: Arc<Cart>,
+    pub orders: Arc<orders::Orders>,
+    pub payments: Arc<payments::Payments>,
     pub bus: Arc<dyn Bus>,
     /// The in-process log when the bus is the embedded one.
     pub log_bus: Option<LogBus>,
@@ -212,6 +214,252 @@ pub async fn build_cart(
     ))
 }
 
+/// Opens and migrates the orders database.
+pub async fn orders_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, orders::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(orders::SERVICE, orders::store::MIGRATIONS).await?;
+    Ok(db)
+}
+
+/// Opens and migrates the payments database.
+pub async fn payments_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, payments::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(payments::SERVICE, payments::store::MIGRATIONS).await?;
+    Ok(db)
+}
+
+/// The cart as checkout reads it, in process.
+struct CartLines(Arc<Cart>);
+
+#[async_trait]
+impl orders::service::Carts for CartLines {
+    async fn lines(&self, user: uuid::Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
+        let view = self
+            .0
+            .view(&cart::service::Owner::User(user))
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(view
+            .lines
+            .into_iter()
+            .map(|line| orders::service::CartLine {
+                sku: line.sku,
+                quantity: line.quantity,
+            })
+            .collect())
+    }
+}
+
+/// The catalog's prices as checkout reads them, in process.
+struct CatalogPrices(Arc<Catalog>);
+
+#[async_trait]
+impl orders::service::Prices for CatalogPrices {
+    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<orders::service::PricedSku>> {
+        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(details
+            .into_iter()
+            .map(|d| orders::service::PricedSku {
+                sku: d.sku,
+                product_id: d.product_id,
+                seller_id: d.seller_id,
+                name: d.name,
+                price: d.price,
+                currency: d.currency,
+                on_sale: d.on_sale,
+            })
+            .collect())
+    }
+}
+
+/// Identity's addresses and emails as checkout reads them, in process.
+struct IdentityCustomers(Arc<Identity>);
+
+#[async_trait]
+impl orders::service::Customers for IdentityCustomers {
+    async fn address(&self, user: uuid::Uuid, id: uuid::Uuid) -> anyhow::Result<Option<orders::service::Address>> {
+        match self.0.address(user, id).await {
+            Ok(row) => Ok(Some(orders::service::Address {
+                full_name: row.full_name,
+                phone: row.phone,
+                line1: row.line1,
+                line2: row.line2,
+                city: row.city,
+                region: row.region,
+                postal_code: row.postal_code,
+                country: row.country,
+            })),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+
+    async fn email(&self, user: uuid::Uuid) -> anyhow::Result<Option<String>> {
+        match self.0.user(user).await {
+            Ok(row) => Ok(Some(row.email)),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+/// Inventory's reservations as checkout calls them, in process.
+struct InventoryReservations(Arc<Inventory>);
+
+#[async_trait]
+impl orders::service::Stock for InventoryReservations {
+    async fn reserve(
+        &self,
+        order_id: uuid::Uuid,
+        lines: &[orders::service::CartLine],
+        correlation_id: Option<&str>,
+    ) -> Result<(), orders::service::StockRefusal> {
+        let lines: Vec<inventory::domain::Line> = lines
+            .iter()
+            .map(|l| inventory::domain::Line {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+            })
+            .collect();
+        let ctx = inventory::Context {
+            actor: None,
+            correlation_id,
+        };
+        match self.0.reserve(&order_id.to_string(), &lines, None, ctx).await {
+            Ok(_) => Ok(()),
+            Err(inventory::service::ReserveError::Short(short)) => Err(orders::service::StockRefusal::Short(
+                short
+                    .into_iter()
+                    .map(|s| orders::service::Shortage {
+                        sku: s.sku,
+                        requested: s.requested,
+                        available: s.available,
+                    })
+                    .collect(),
+            )),
+            Err(inventory::service::ReserveError::Api(err)) => {
+                Err(orders::service::StockRefusal::Failed(anyhow::anyhow!("{err}")))
+            }
+        }
+    }
+
+    async fn release(&self, order_id: uuid::Uuid, correlation_id: Option<&str>) -> anyhow::Result<()> {
+        let ctx = inventory::Context {
+            actor: None,
+            correlation_id,
+        };
+        match self
+            .0
+            .release(&order_id.to_string(), inventory::domain::ReleaseReason::Cancelled, ctx)
+            .await
+        {
+            Ok(_) | Err(platform::ApiError::NotFound(_) | platform::ApiError::Conflict(_)) => Ok(()),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+/// Payments as checkout and the orders consumers call them, in process.
+struct PaymentsForOrders(Arc<payments::Payments>);
+
+#[async_trait]
+impl orders::service::Payments for PaymentsForOrders {
+    async fn start(
+        &self,
+        request: orders::service::StartPayment,
+    ) -> Result<orders::service::StartedPayment, platform::ApiError> {
+        let method = payments::domain::Method::parse(&request.method)
+            .ok_or_else(|| platform::ApiError::validation("payment_method", "is not a payment method"))?;
+        let view = self
+            .0
+            .create_for_order(payments::service::CreatePayment {
+                order_id: request.order_id,
+                order_number: request.order_number,
+                user_id: request.user_id,
+                method,
+                amount_minor: request.amount_minor,
+                currency: request.currency,
+                correlation_id: request.correlation_id,
+            })
+            .await?;
+        Ok(orders::service::StartedPayment {
+            id: view.id.to_string(),
+            method: view.method.as_str().to_owned(),
+            status: view.status.as_str().to_owned(),
+            redirect_url: view.redirect_url,
+        })
+    }
+
+    async fn refund(
+        &self,
+        order_id: uuid::Uuid,
+        amount: Option<i64>,
+        reason: &str,
+        key: &str,
+        correlation_id: Option<&str>,
+    ) -> Result<(), platform::ApiError> {
+        self.0
+            .refund_order(
+                order_id,
+                payments::service::RefundRequest {
+                    amount_minor: amount,
+                    reason: Some(reason.to_owned()),
+                    idempotency_key: key.to_owned(),
+                    actor: None,
+                    correlation_id: correlation_id.map(str::to_owned),
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Builds payments with the mock provider, in automatic mode when configured.
+pub fn build_payments(config: &Config, db: Db, clock: SharedClock) -> Arc<payments::Payments> {
+    let p = &config.payments;
+    let settings = payments::Settings {
+        public_url: config.public_url(),
+        webhook_secrets: p.webhook_secrets.clone(),
+        tolerance_secs: i64::try_from(p.webhook_tolerance_secs).unwrap_or(300),
+        provider_timeout: Duration::from_millis(p.provider_timeout_ms.max(1)),
+        breaker_threshold: p.breaker_threshold.max(1),
+        breaker_open_for: Duration::from_secs(p.breaker_open_secs.max(1)),
+        mock_auto: p.mock_auto.then(|| payments::mock::AutoSettings {
+            delay: Duration::from_millis(p.mock_delay_ms),
+            approve_ratio: p.mock_approve_ratio.clamp(0.0, 1.0),
+            duplicate_webhooks: p.mock_duplicate_webhooks,
+            late_ms: p.mock_late_ms,
+        }),
+        ..payments::Settings::default()
+    };
+    payments::Payments::new(db, clock, settings)
+}
+
+pub fn build_orders(config: &Config, db: Db, clock: SharedClock, clients: orders::Clients) -> orders::Orders {
+    let settings = orders::Settings {
+        currency: config.catalog.currency.clone(),
+        pricing: orders::domain::Pricing {
+            shipping_flat: config.orders.shipping_flat_minor.max(0),
+            free_shipping_threshold: config.orders.free_shipping_threshold_minor,
+            tax_rates_bps: config
+                .orders
+                .tax_rates_bps
+                .iter()
+                .map(|(country, bps)| (country.to_ascii_uppercase(), *bps))
+                .collect(),
+            default_tax_bps: config.orders.default_tax_bps.max(0),
+        },
+        return_window: Duration::from_secs(
+            u64::try_from(config.orders.return_window_days.max(0)).unwrap_or(0) * 86_400,
+        ),
+        idempotency_ttl: Duration::from_secs(config.orders.idempotency_ttl_secs.max(60)),
+        ..orders::Settings::default()
+    };
+    orders::Orders::new(db, clock, settings, clients)
+}
+
 /// Gives the demo catalog's SKUs their demo stock (those not stocked yet).
 pub async fn seed_demo_stock(catalog_db: &Db, inventory: &Inventory) -> anyhow::Result<usize> {
     let seller = Some(catalog::seed::DEMO_SELLER.to_string());
@@ -289,6 +537,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(catalog::api::CatalogApi::openapi());
     doc.merge(inventory::api::InventoryApi::openapi());
     doc.merge(cart::api::CartApi::openapi());
+    doc.merge(orders::api::OrdersApi::openapi());
+    doc.merge(payments::api::PaymentsApi::openapi());
     doc.merge(platform::consumer::DeadLettersApi::openapi());
     doc.info.title = "Mercato API".to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -452,6 +702,29 @@ impl App {
         cart.outbox().spawn_relay(cart::SERVICE, bus.clone(), cancel.clone());
         cart.spawn_sweeper(cancel.clone());
 
+        let payments_db = payments_db(&config).await?;
+        dbs.push(payments_db.clone());
+        let payments = build_payments(&config, payments_db.clone(), clock.clone());
+        payments
+            .outbox()
+            .spawn_relay(payments::SERVICE, bus.clone(), cancel.clone());
+        payments.spawn_sweeper(cancel.clone());
+
+        let orders_db = orders_db(&config).await?;
+        dbs.push(orders_db.clone());
+        let clients = orders::Clients {
+            carts: Arc::new(CartLines(cart.clone())),
+            prices: Arc::new(CatalogPrices(catalog.clone())),
+            customers: Arc::new(IdentityCustomers(identity.clone())),
+            stock: Arc::new(InventoryReservations(inventory.clone())),
+            payments: Arc::new(PaymentsForOrders(payments.clone())),
+        };
+        let orders = Arc::new(build_orders(&config, orders_db.clone(), clock.clone(), clients));
+        orders
+            .outbox()
+            .spawn_relay(orders::SERVICE, bus.clone(), cancel.clone());
+        orders.spawn_sweeper(cancel.clone());
+
         let mut dead_letters = DeadLetters::default();
         let catalog_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
             (
@@ -503,12 +776,37 @@ impl App {
             (
                 "cart-orders",
                 Arc::new(cart::events::ClearOnPaid { cart: cart.clone() }),
-                &[cart::events::ORDER_PAID],
+                cart::events::ORDER_EVENTS,
             ),
         ];
         for (name, handler, types) in cart_consumers {
             dead_letters.register(IdempotentConsumer::new(name, cart_db.clone(), handler), types);
         }
+        let orders_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 2] = [
+            (
+                "orders-payments",
+                Arc::new(orders::events::PaymentOutcomes { orders: orders.clone() }),
+                orders::events::PAYMENT_EVENTS,
+            ),
+            (
+                "orders-reservations",
+                Arc::new(orders::events::ReservationExpiry { orders: orders.clone() }),
+                &[orders::events::INVENTORY_RELEASED],
+            ),
+        ];
+        for (name, handler, types) in orders_consumers {
+            dead_letters.register(IdempotentConsumer::new(name, orders_db.clone(), handler), types);
+        }
+        dead_letters.register(
+            IdempotentConsumer::new(
+                "payments-orders",
+                payments_db.clone(),
+                Arc::new(payments::events::OrderPayments {
+                    payments: payments.clone(),
+                }),
+            ),
+            payments::events::ORDER_EVENTS,
+        );
         if !options.extension_consumers.is_empty() {
             let db = open_db(&config, "extensions").await?;
             db.migrate("platform", PLATFORM_MIGRATIONS).await?;
@@ -535,6 +833,8 @@ impl App {
             ("catalog_db", &catalog_db),
             ("inventory_db", &inventory_db),
             ("cart_db", &cart_db),
+            ("orders_db", &orders_db),
+            ("payments_db", &payments_db),
         ];
         for (name, db) in service_dbs {
             let db = db.clone();
@@ -561,6 +861,9 @@ impl App {
             .merge(catalog::api::router(catalog.clone(), verifier.clone()))
             .merge(inventory::api::router(inventory.clone(), verifier.clone()))
             .merge(cart::api::router(cart.clone(), verifier.clone()))
+            .merge(orders::api::router(orders.clone(), verifier.clone()))
+            .merge(payments::api::router(payments.clone(), verifier.clone()))
+            .merge(payments::api::psp_router(payments.clone()))
             .merge(platform::consumer::admin_router(dead_letters.clone()))
             .merge(checks.router())
             .route(
@@ -589,6 +892,8 @@ impl App {
                 .chain(catalog::api::PUBLIC_ROUTES)
                 .chain(inventory::api::PUBLIC_ROUTES)
                 .chain(cart::api::PUBLIC_ROUTES)
+                .chain(orders::api::PUBLIC_ROUTES)
+                .chain(payments::api::PUBLIC_ROUTES)
                 .map(|r| (*r).to_owned())
                 .collect(),
             verifier,
@@ -601,6 +906,8 @@ impl App {
             catalog,
             inventory,
             cart,
+            orders,
+            payments,
             bus,
             log_bus,
             dead_letters,

@@ -101,7 +101,7 @@ enum AdminTask {
     RotateKeys,
 }
 
-const SERVICES: &[&str] = &["identity", "catalog", "inventory", "cart"];
+const SERVICES: &[&str] = &["identity", "catalog", "inventory", "cart", "orders", "payments"];
 
 #[tokio::main]
 async fn main() {
@@ -235,6 +235,8 @@ async fn migrate(config: &Config, service: Option<&str>) -> anyhow::Result<()> {
             "catalog" => app::catalog_db(config).await?.close().await,
             "inventory" => app::inventory_db(config).await?.close().await,
             "cart" => app::cart_db(config).await?.close().await,
+            "orders" => app::orders_db(config).await?.close().await,
+            "payments" => app::payments_db(config).await?.close().await,
             _ => {}
         }
         println!("{service}: migrated");

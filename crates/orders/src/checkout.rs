@@ -430,7 +430,10 @@ impl Orders {
         store::attach_order(&mut tx, &user_id, key, &id).await?;
         let reserved: Vec<serde_json::Value> = line_rows
             .iter()
-            .map(|l| json!({"sku": l.sku, "quantity": l.quantity, "unit_price_minor": l.unit_price_minor}))
+            .map(|l| {
+                json!({"sku": l.sku, "product_id": l.product_id, "seller_id": l.seller_id,
+                       "quantity": l.quantity, "unit_price_minor": l.unit_price_minor})
+            })
             .collect();
         Self::emit(
             &mut tx,
@@ -438,7 +441,7 @@ impl Orders {
             &id,
             json!({
                 "order_id": id, "number": row.number, "user_id": user_id, "total_minor": totals.total,
-                "currency": row.currency, "payment_method": row.payment_method, "lines": reserved,
+                "currency": row.currency, "payment_method": row.payment_method, "items": reserved,
                 "coupon_code": row.coupon_code,
             }),
             correlation_id,

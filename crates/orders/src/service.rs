@@ -614,17 +614,20 @@ impl Orders {
         if matches!(to, OrderStatus::Cancelled | OrderStatus::PaymentFailed) {
             store::release_coupon_use(tx, &row.id, now).await?;
         }
-        let lines: Vec<serde_json::Value> = store::lines_of_tx(tx, &row.id)
+        let items: Vec<serde_json::Value> = store::lines_of_tx(tx, &row.id)
             .await?
             .into_iter()
-            .map(|l| json!({"sku": l.sku, "quantity": l.quantity, "seller_id": l.seller_id}))
+            .map(|l| {
+                json!({"sku": l.sku, "product_id": l.product_id, "seller_id": l.seller_id,
+                       "quantity": l.quantity, "unit_price_minor": l.unit_price_minor})
+            })
             .collect();
         let data = json!({
             "order_id": row.id, "number": row.number, "user_id": row.user_id,
             "status": to.as_str(), "previous_status": from.as_str(), "reason": reason,
             "actor": actor_label, "total_minor": row.total_minor, "currency": row.currency,
             "payment_method": row.payment_method, "customer_email": row.customer_email,
-            "lines": lines,
+            "items": items,
         });
         let announced = match (to, trigger) {
             (OrderStatus::Paid, _) => Some(PAID),

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::helpers::{id_of, Reply, TestApp};
 
 /// An active product with one variant, stocked with `on_hand` units; answers the product.
-async fn stocked(app: &TestApp, admin: &str, sku: &str, price: i64, on_hand: i64) -> Value {
+pub async fn stocked(app: &TestApp, admin: &str, sku: &str, price: i64, on_hand: i64) -> Value {
     let category = app
         .post(
             "/api/v1/admin/categories",

@@ -6,6 +6,7 @@ mod admin;
 mod binary;
 mod cart;
 mod catalog;
+mod checkout;
 mod edge;
 mod events;
 mod helpers;
