@@ -597,6 +597,9 @@ impl Payments {
                 store::attach_intent(tx, &payment.id, &data.intent_id).await?;
                 Ok(Some(payment))
             }
+            // The intent was recorded while this webhook waited for the row's lock (the
+            // lookup by intent ran before that commit).
+            Some(payment) if payment.intent_id.as_deref() == Some(data.intent_id.as_str()) => Ok(Some(payment)),
             _ => Ok(None),
         }
     }

@@ -97,6 +97,75 @@ async fn wait_for_status(app: &TestApp, token: &str, order_id: &str, status: &st
     );
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    Sqlite,
+    Postgres,
+}
+
+/// The app with orders, payments, inventory and carts on SQLite, or each on its own PostgreSQL
+/// database (`None` when `MERCATO_TEST_POSTGRES_URL` is not set).
+async fn spawn(on: On, configure: impl FnOnce(&mut platform::config::Config)) -> Option<TestApp> {
+    let mut urls = Vec::new();
+    if on == On::Postgres {
+        for service in ["orders", "payments", "inventory", "cart"] {
+            match platform::testing::postgres_database_url()
+                .await
+                .expect("test database created")
+            {
+                Some(url) => urls.push((service, url)),
+                None => {
+                    eprintln!("MERCATO_TEST_POSTGRES_URL is not set: checkout on PostgreSQL skipped");
+                    return None;
+                }
+            }
+        }
+    }
+    let app = TestApp::spawn_with(
+        |config| {
+            for (service, url) in urls {
+                config.database.urls.insert(service.to_owned(), url);
+            }
+            if on == On::Postgres {
+                config.database.max_connections = 8;
+            }
+            configure(config);
+        },
+        Vec::new(),
+    )
+    .await;
+    let backend = if on == On::Postgres {
+        platform::store::Backend::Postgres
+    } else {
+        platform::store::Backend::Sqlite
+    };
+    assert_eq!(app.app.orders.db().backend(), backend);
+    assert_eq!(app.app.payments.db().backend(), backend);
+    Some(app)
+}
+
+/// PostgreSQL allows 100 connections by default; each app opens four pools. The checkout
+/// tests on PostgreSQL take turns so they never run the server out of connections.
+static POSTGRES_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A test run on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$body(super::On::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let _turn = super::POSTGRES_TURN.lock().await;
+                super::$body(super::On::Postgres).await;
+            }
+        }
+    };
+}
+
 async fn stock(app: &TestApp, admin: &str, sku: &str) -> Value {
     app.get(&format!("/api/v1/admin/inventory/{sku}"), Some(admin))
         .await
@@ -104,15 +173,19 @@ async fn stock(app: &TestApp, admin: &str, sku: &str) -> Value {
         .body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_card_checkout_is_paid_on_the_hosted_page_then_stock_is_committed_and_the_cart_emptied() {
-    let app = TestApp::spawn_with(
-        |config| {
-            config.orders.tax_rates_bps.insert("DE".to_owned(), 1_900);
-        },
-        Vec::new(),
-    )
-    .await;
+on_both!(
+    card_journey,
+    a_card_checkout_is_paid_on_the_hosted_page_then_stock_is_committed_and_the_cart_emptied
+);
+
+async fn a_card_checkout_is_paid_on_the_hosted_page_then_stock_is_committed_and_the_cart_emptied(on: On) {
+    let Some(app) = spawn(on, |config| {
+        config.orders.tax_rates_bps.insert("DE".to_owned(), 1_900);
+    })
+    .await
+    else {
+        return;
+    };
     let admin = app.admin_token().await;
     stocked(&app, &admin, "JOURNEY-1", 1_250, 10).await;
     let token = app.customer_token("journey@example.com").await;
@@ -263,9 +336,13 @@ async fn idempotency_keys_replay_refuse_other_bodies_and_keep_nothing_for_invali
     assert!(app.outboxes_drain().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_parallel_identical_checkouts_make_one_order_and_one_payment() {
-    let app = TestApp::spawn().await;
+on_both!(
+    fifty_parallel,
+    fifty_parallel_identical_checkouts_make_one_order_and_one_payment
+);
+
+async fn fifty_parallel_identical_checkouts_make_one_order_and_one_payment(on: On) {
+    let Some(app) = spawn(on, |_| {}).await else { return };
     let admin = app.admin_token().await;
     stocked(&app, &admin, "PAR-1", 2_000, 100).await;
     let token = app.customer_token("parallel@example.com").await;
@@ -345,9 +422,12 @@ async fn client_sent_prices_totals_and_statuses_are_ignored_and_strangers_see_no
     assert!(app.outboxes_drain().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flash_sale_of_2000_checkouts_on_100_units_pays_exactly_100() {
-    let app = TestApp::spawn_with(|config| config.payments.mock_auto = true, Vec::new()).await;
+on_both!(flash_sale, a_flash_sale_of_2000_checkouts_on_100_units_pays_exactly_100);
+
+async fn a_flash_sale_of_2000_checkouts_on_100_units_pays_exactly_100(on: On) {
+    let Some(app) = spawn(on, |config| config.payments.mock_auto = true).await else {
+        return;
+    };
     let admin = app.admin_token().await;
     stocked(&app, &admin, "FLASH-1", 1_999, 100).await;
     let mut buyers = Vec::new();
@@ -408,9 +488,13 @@ async fn a_flash_sale_of_2000_checkouts_on_100_units_pays_exactly_100() {
     assert!(app.outboxes_drain().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_use_of_a_coupon_goes_to_one_of_two_concurrent_checkouts() {
-    let app = TestApp::spawn().await;
+on_both!(
+    coupon_race,
+    the_last_use_of_a_coupon_goes_to_one_of_two_concurrent_checkouts
+);
+
+async fn the_last_use_of_a_coupon_goes_to_one_of_two_concurrent_checkouts(on: On) {
+    let Some(app) = spawn(on, |_| {}).await else { return };
     let admin = app.admin_token().await;
     stocked(&app, &admin, "COUPON-1", 10_000, 50).await;
     let coupon = app
@@ -523,9 +607,13 @@ async fn a_provider_outage_fails_checkout_fast_and_leaves_nothing_held() {
     assert!(app.outboxes_drain().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cash_on_delivery_ships_is_collected_on_delivery_and_can_be_returned_and_refunded() {
-    let app = TestApp::spawn().await;
+on_both!(
+    cod_and_returns,
+    cash_on_delivery_ships_is_collected_on_delivery_and_can_be_returned_and_refunded
+);
+
+async fn cash_on_delivery_ships_is_collected_on_delivery_and_can_be_returned_and_refunded(on: On) {
+    let Some(app) = spawn(on, |_| {}).await else { return };
     let admin = app.admin_token().await;
     stocked(&app, &admin, "COD-1", 3_000, 6).await;
     let token = app.customer_token("cod@example.com").await;
@@ -677,9 +765,15 @@ async fn an_unpaid_order_is_cancelled_when_its_reservation_expires() {
     assert!(app.outboxes_drain().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_paid_order_refunds_it_and_puts_the_stock_back() {
-    let app = TestApp::spawn_with(|config| config.payments.mock_auto = true, Vec::new()).await;
+on_both!(
+    cancel_after_payment,
+    cancelling_a_paid_order_refunds_it_and_puts_the_stock_back
+);
+
+async fn cancelling_a_paid_order_refunds_it_and_puts_the_stock_back(on: On) {
+    let Some(app) = spawn(on, |config| config.payments.mock_auto = true).await else {
+        return;
+    };
     let admin = app.admin_token().await;
     stocked(&app, &admin, "REFUND-1", 2_500, 5).await;
     let token = app.customer_token("refund@example.com").await;
