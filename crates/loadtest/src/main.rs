@@ -7,6 +7,11 @@
 //!   customer's token (`--auth`).
 //! - `cart --sku A [--sku B …]`: each worker fills its own guest cart: adds one unit of a SKU,
 //!   reads the cart, and empties it every 50 operations (every request counts as one operation).
+//! - `checkout --sku A [--sku B …] [--method card]`: each worker registers a customer, then loops:
+//!   adds one unit of the next SKU to its cart and checks out with a fresh `Idempotency-Key`. One
+//!   operation is one checkout; the latencies are the checkout requests' (the cart add is not
+//!   counted in them, but it is in the elapsed time). Run the server with
+//!   `MERCATO_PAYMENTS_MOCK_AUTO=true` for automatic approval.
 //!
 //! Every loop is bounded by `--requests` and `--max-seconds`; only loopback targets are allowed.
 
@@ -62,6 +67,15 @@ enum Scenario {
         #[arg(long = "sku", required = true)]
         skus: Vec<String>,
     },
+    /// Checkouts: one customer per worker adds a unit and checks out, again and again.
+    Checkout {
+        /// SKUs to buy (round-robin); they need plenty of stock.
+        #[arg(long = "sku", required = true)]
+        skus: Vec<String>,
+        /// card, upi, net_banking, wallet or cod.
+        #[arg(long, default_value = "card")]
+        method: String,
+    },
 }
 
 const PASSWORD: &str = "load test passphrase";
@@ -87,7 +101,18 @@ async fn main() -> anyhow::Result<()> {
     let emails = match &args.scenario {
         Scenario::Login { users } => register(&client, &base, &run, *users).await?,
         Scenario::Get { auth: true, .. } => register(&client, &base, &run, 1).await?,
+        Scenario::Checkout { .. } => register(&client, &base, &run, args.concurrency).await?,
         Scenario::Get { .. } | Scenario::Cart { .. } => Vec::new(),
+    };
+    let mut buyers = Vec::new();
+    if let Scenario::Checkout { .. } = &args.scenario {
+        for email in &emails {
+            buyers.push(login(&client, &base, email).await?);
+        }
+    }
+    let method = match &args.scenario {
+        Scenario::Checkout { method, .. } => method.clone(),
+        _ => String::new(),
     };
     let token = match &args.scenario {
         Scenario::Get { auth: true, .. } => Some(login(&client, &base, &emails[0]).await?),
@@ -104,14 +129,17 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(!paths.is_empty(), "give at least one --path or a --paths-file");
             paths
         }
-        Scenario::Cart { skus } => skus.clone(),
+        Scenario::Cart { skus } | Scenario::Checkout { skus, .. } => skus.clone(),
         Scenario::Login { .. } => Vec::new(),
     });
     let cart = matches!(args.scenario, Scenario::Cart { .. });
+    let checkout = matches!(args.scenario, Scenario::Checkout { .. });
     let issued = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let started = Instant::now();
-    let workers = (0..args.concurrency).map(|_| {
+    let workers = (0..args.concurrency).map(|worker| {
+        let buyer = buyers.get(worker).cloned();
+        let (method, run) = (method.clone(), run.clone());
         let (client, base, issued, emails, token) = (
             client.clone(),
             base.clone(),
@@ -120,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
             token.clone(),
         );
         let scenario = match &args.scenario {
-            Scenario::Login { .. } | Scenario::Cart { .. } => None,
+            Scenario::Login { .. } | Scenario::Cart { .. } | Scenario::Checkout { .. } => None,
             Scenario::Get { .. } => Some(paths.clone()),
         };
         let skus = paths.clone();
@@ -135,8 +163,23 @@ async fn main() -> anyhow::Result<()> {
                 if n >= total || Instant::now() >= deadline {
                     break;
                 }
-                let begin = Instant::now();
+                let mut begin = Instant::now();
                 let ok = match &scenario {
+                    None if checkout => {
+                        step += 1;
+                        let buyer = buyer.as_deref().unwrap_or_default();
+                        let sku = &skus[step % skus.len()];
+                        let added = client
+                            .post(format!("{base}/api/v1/cart/items"))
+                            .bearer_auth(buyer)
+                            .json(&json!({"sku": sku, "quantity": 1}))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success());
+                        begin = Instant::now();
+                        added
+                            && checkout_once(&client, &base, buyer, &format!("lt-{run}-{worker}-{step}"), &method).await
+                    }
                     None if cart => {
                         step += 1;
                         cart_step(&client, &base, &skus, step, &mut cart_token).await
@@ -181,6 +224,26 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     report(&latencies, errors, elapsed, args.concurrency);
     Ok(())
+}
+
+/// One checkout with an inline address; answers whether it was a 201.
+async fn checkout_once(client: &reqwest::Client, base: &str, token: &str, key: &str, method: &str) -> bool {
+    let body = json!({
+        "payment_method": method,
+        "shipping_address": {"full_name": "Load Test", "line1": "1 Bench Road", "city": "Testville",
+                             "postal_code": "12345", "country": "US"},
+    });
+    match client
+        .post(format!("{base}/api/v1/checkout"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(response) => response.status().as_u16() == 201 && response.bytes().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// One cart operation of a worker: every 50th empties the cart, odd steps add a unit of the
