@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::helpers::{id_of, token_of, TestApp, PASSWORD};
 
 /// Registers an account and makes it a seller; answers (token, user id).
-async fn seller(app: &TestApp, admin: &str, email: &str) -> (String, String) {
+pub async fn seller(app: &TestApp, admin: &str, email: &str) -> (String, String) {
     let auth = app.register(email).await;
     let id = id_of(&auth);
     app.patch(

@@ -483,7 +483,9 @@ async fn a_flash_sale_of_2000_checkouts_on_100_units_pays_exactly_100(on: On) {
         None => panic!(
             "every reservation committed or released; now {} with reservations {}",
             stock(&app, &admin, "FLASH-1").await,
-            app.get("/api/v1/admin/reservations?status=active", Some(&admin)).await.body
+            app.get("/api/v1/admin/reservations?status=active", Some(&admin))
+                .await
+                .body
         ),
     };
     assert_eq!(levels["on_hand"], 0, "0 oversold, none left");
@@ -813,5 +815,162 @@ async fn cancelling_a_paid_order_refunds_it_and_puts_the_stock_back(on: On) {
     })
     .await;
     assert!(back.is_some(), "the units are back on hand");
+    assert!(app.outboxes_drain().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sellers_see_only_their_lines_refunds_stay_within_the_capture_and_limits_hold() {
+    let app = TestApp::spawn_with(|config| config.payments.mock_auto = true, Vec::new()).await;
+    let admin = app.admin_token().await;
+    let (seller, seller_id) = crate::catalog::seller(&app, &admin, "maker@sellers.example").await;
+    let category = app
+        .post("/api/v1/admin/categories", Some(&admin), json!({"name": "Crafts"}))
+        .await
+        .expect(201)
+        .body;
+    let product = json!({
+        "name": "Clay Mug", "brand": "Maker", "category_id": category["id"], "status": "active",
+        "description": "A mug.", "variants": [{"sku": "MAKER-MUG", "price": 1_500}],
+    });
+    app.post("/api/v1/products", Some(&seller), product).await.expect(201);
+    let known = platform::testing::eventually(Duration::from_secs(10), || async {
+        (app.get("/api/v1/admin/inventory/MAKER-MUG", Some(&admin)).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(known.is_some());
+    app.put(
+        "/api/v1/admin/inventory/MAKER-MUG",
+        Some(&admin),
+        json!({"on_hand": 10}),
+    )
+    .await
+    .expect(200);
+    stocked(&app, &admin, "HOUSE-1", 8_500, 10).await;
+
+    let token = app.customer_token("mixed@example.com").await;
+    add_to_cart(&app, &token, "MAKER-MUG", 2).await;
+    add_to_cart(&app, &token, "HOUSE-1", 1).await;
+    let placed = checkout(&app, &token, "mixed-key", card()).await.expect(201).body;
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    let total = placed["order"]["totals"]["total"].as_i64().unwrap();
+    assert_eq!(total, 3_000 + 8_500, "free shipping above 50.00, no tax configured");
+    wait_for_status(&app, &token, &order_id, "paid").await;
+
+    // The seller sees the order with only the mugs; a customer may not ask.
+    let theirs = app.get("/api/v1/seller/orders", Some(&seller)).await.expect(200).body;
+    let orders = theirs["items"].as_array().unwrap();
+    assert_eq!(orders.len(), 1);
+    let skus: Vec<&str> = orders[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sku"].as_str().unwrap())
+        .collect();
+    assert_eq!(skus, vec!["MAKER-MUG"]);
+    assert!(orders[0].get("totals").is_none() && orders[0].get("user_id").is_none());
+    app.get("/api/v1/seller/orders", Some(&token)).await.expect_problem(403);
+    let by_admin = app
+        .get(&format!("/api/v1/seller/orders?seller_id={seller_id}"), Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(by_admin["items"].as_array().unwrap().len(), 1);
+
+    // Twenty concurrent refunds of an eighth each: exactly eight go through.
+    let payment = app
+        .get(&format!("/api/v1/payments/{order_id}"), Some(&token))
+        .await
+        .expect(200)
+        .body;
+    let payment_id = payment["id"].as_str().unwrap().to_owned();
+    let share = total / 8;
+    let refunds = join_all((0..20).map(|n| {
+        let request = app
+            .client
+            .post(format!("{}/api/v1/admin/payments/{payment_id}/refunds", app.url))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", format!("refund-{n}"))
+            .json(&json!({"amount_minor": share, "reason": "goodwill"}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    }))
+    .await;
+    let granted = refunds.iter().filter(|s| **s == 201).count() as i64;
+    assert_eq!(granted, total / share, "{refunds:?}");
+    assert!(refunds.iter().all(|s| [201, 409, 422].contains(s)), "{refunds:?}");
+    let after = app
+        .get(&format!("/api/v1/payments/{order_id}"), Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    let refunded = after["refunded_minor"].as_i64().unwrap() + after["refund_pending_minor"].as_i64().unwrap();
+    assert_eq!(refunded, granted * share);
+    assert!(refunded <= after["captured_minor"].as_i64().unwrap());
+    // The same key answers the same refund, and adds nothing.
+    let replay = app
+        .client
+        .post(format!("{}/api/v1/admin/payments/{payment_id}/refunds", app.url))
+        .bearer_auth(&admin)
+        .header("Idempotency-Key", "refund-0")
+        .json(&json!({"amount_minor": share, "reason": "goodwill"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        replay.status().is_success() || replay.status() == 422,
+        "{}",
+        replay.status()
+    );
+    let again = app
+        .get(&format!("/api/v1/payments/{order_id}"), Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(
+        again["refunded_minor"].as_i64().unwrap() + again["refund_pending_minor"].as_i64().unwrap(),
+        refunded
+    );
+
+    // A coupon once per customer: the second use by the same customer is refused.
+    app.post(
+        "/api/v1/admin/coupons",
+        Some(&admin),
+        json!({"code": "ONCE-EACH", "kind": "fixed", "value": 500, "per_customer_limit": 1}),
+    )
+    .await
+    .expect(201);
+    let with_coupon = json!({"payment_method": "card", "shipping_address": address(), "coupon_code": "once-each"});
+    add_to_cart(&app, &token, "HOUSE-1", 1).await;
+    let first = checkout(&app, &token, "once-1", with_coupon.clone())
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(first["order"]["totals"]["discount"], 500);
+    wait_for_status(&app, &token, first["order"]["id"].as_str().unwrap(), "paid").await;
+    add_to_cart(&app, &token, "HOUSE-1", 1).await;
+    let refused = checkout(&app, &token, "once-2", with_coupon).await.expect_problem(409);
+    assert!(
+        refused.body["detail"].as_str().unwrap().contains("as often as"),
+        "{}",
+        refused.body
+    );
+
+    // Delivered, then asked to return after the window: refused.
+    for status in ["shipped", "delivered"] {
+        app.patch(
+            &format!("/api/v1/admin/orders/{order_id}/status"),
+            Some(&admin),
+            json!({"status": status}),
+        )
+        .await
+        .expect(200);
+    }
+    app.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    app.post(
+        &format!("/api/v1/orders/{order_id}/returns"),
+        Some(&token),
+        json!({"items": [{"sku": "HOUSE-1", "quantity": 1}], "reason": "late"}),
+    )
+    .await
+    .expect_problem(422);
     assert!(app.outboxes_drain().await);
 }
