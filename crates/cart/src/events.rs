@@ -112,3 +112,49 @@ impl EventHandler for ClearOnPaid {
         Ok(())
     }
 }
+
+/// order.created → `cart.checked_out` `{user_id, order_id, number, item_count, total_minor,
+/// currency}`: the cart's own record that a cart became an order (the funnel's last step). It is
+/// written in the consumer's transaction, so a redelivered order.created announces nothing twice.
+pub struct CheckedOut;
+
+pub const ORDER_CREATED: &str = "order.created";
+pub const CHECKED_OUT: &str = "cart.checked_out";
+
+#[derive(Deserialize)]
+struct Created {
+    order_id: String,
+    number: Option<String>,
+    user_id: Option<String>,
+    total_minor: Option<i64>,
+    currency: Option<String>,
+    #[serde(default)]
+    items: Vec<CreatedItem>,
+}
+
+#[derive(Deserialize)]
+struct CreatedItem {
+    quantity: i64,
+}
+
+#[async_trait]
+impl EventHandler for CheckedOut {
+    async fn handle(&self, tx: &mut Tx, event: &Event) -> anyhow::Result<()> {
+        let created: Created = event.data_as()?;
+        let data = serde_json::json!({
+            "user_id": created.user_id, "order_id": created.order_id, "number": created.number,
+            "item_count": created.items.iter().map(|i| i.quantity).sum::<i64>(),
+            "total_minor": created.total_minor, "currency": created.currency,
+        });
+        let subject = created.user_id.clone().unwrap_or_else(|| created.order_id.clone());
+        let announced = Event::new(
+            crate::SERVICE,
+            CHECKED_OUT,
+            subject,
+            data,
+            event.correlationid.as_deref(),
+        );
+        platform::outbox::enqueue(tx, &announced).await?;
+        Ok(())
+    }
+}

@@ -169,13 +169,24 @@ async fn main() -> anyhow::Result<()> {
                         step += 1;
                         let buyer = buyer.as_deref().unwrap_or_default();
                         let sku = &skus[step % skus.len()];
-                        let added = client
+                        let added = match client
                             .post(format!("{base}/api/v1/cart/items"))
                             .bearer_auth(buyer)
                             .json(&json!({"sku": sku, "quantity": 1}))
                             .send()
                             .await
-                            .is_ok_and(|r| r.status().is_success());
+                        {
+                            Ok(r) if r.status().is_success() => true,
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                show_failure("cart add", status, &r.text().await.unwrap_or_default());
+                                false
+                            }
+                            Err(err) => {
+                                show_failure("cart add", 0, &err.to_string());
+                                false
+                            }
+                        };
                         begin = Instant::now();
                         added
                             && checkout_once(&client, &base, buyer, &format!("lt-{run}-{worker}-{step}"), &method).await
@@ -226,6 +237,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many failed answers have been printed (the first few are, to see what went wrong).
+static SHOWN: AtomicU64 = AtomicU64::new(0);
+
+fn show_failure(what: &str, status: u16, body: &str) {
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 5 {
+        eprintln!(
+            "{what} answered {status}: {}",
+            body.chars().take(300).collect::<String>()
+        );
+    }
+}
+
 /// One checkout with an inline address; answers whether it was a 201.
 async fn checkout_once(client: &reqwest::Client, base: &str, token: &str, key: &str, method: &str) -> bool {
     let body = json!({
@@ -241,8 +264,18 @@ async fn checkout_once(client: &reqwest::Client, base: &str, token: &str, key: &
         .send()
         .await
     {
-        Ok(response) => response.status().as_u16() == 201 && response.bytes().await.is_ok(),
-        Err(_) => false,
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            if status != 201 {
+                show_failure("checkout", status, &body);
+            }
+            status == 201
+        }
+        Err(err) => {
+            show_failure("checkout", 0, &err.to_string());
+            false
+        }
     }
 }
 

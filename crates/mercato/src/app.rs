@@ -767,7 +767,7 @@ impl App {
         for (name, handler, types) in inventory_consumers {
             dead_letters.register(IdempotentConsumer::new(name, inventory_db.clone(), handler), types);
         }
-        let cart_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 2] = [
+        let cart_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
             (
                 "cart-reprice",
                 Arc::new(cart::events::Reprice { cart: cart.clone() }),
@@ -777,6 +777,11 @@ impl App {
                 "cart-orders",
                 Arc::new(cart::events::ClearOnPaid { cart: cart.clone() }),
                 cart::events::ORDER_EVENTS,
+            ),
+            (
+                "cart-checkouts",
+                Arc::new(cart::events::CheckedOut),
+                &[cart::events::ORDER_CREATED],
             ),
         ];
         for (name, handler, types) in cart_consumers {

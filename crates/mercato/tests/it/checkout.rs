@@ -257,6 +257,10 @@ async fn a_card_checkout_is_paid_on_the_hosted_page_then_stock_is_committed_and_
     assert_eq!(moves, vec![("pending", "paid")]);
     assert!(timeline.as_array().unwrap().iter().any(|e| e["kind"] == "payment"));
 
+    let user_id = order["user_id"].as_str().unwrap();
+    let checked_out = app.wait_for_event("cart.checked_out", user_id).await;
+    assert_eq!(checked_out.data["order_id"], order_id.as_str());
+    assert_eq!(checked_out.data["item_count"], 2);
     let mine = app.get("/api/v1/orders", Some(&token)).await.expect(200).body;
     assert_eq!(mine["items"].as_array().unwrap().len(), 1);
     assert!(app.outboxes_drain().await);
