@@ -1,6 +1,7 @@
 //! The cart's consumers: product events refresh the price snapshots of every cart holding the
-//! SKU; order.paid empties the buyer's cart. Both are idempotent (they set values), so they run
-//! before the consumer's transaction and again on a redelivery.
+//! SKU; order.paid takes what was bought out of the buyer's cart. Both are idempotent (snapshots
+//! are set, deductions happen once per order), so they run before the consumer's transaction and
+//! again on a redelivery.
 
 use std::sync::Arc;
 
@@ -88,7 +89,9 @@ impl EventHandler for Reprice {
     }
 }
 
-/// order.paid `{user_id, …}` → the buyer's cart is empty.
+/// order.paid and order.confirmed `{user_id, items: [{sku, quantity}]}` → what the order bought
+/// leaves the buyer's cart (once per order: the store keeps a marker), and lines added since
+/// checking out stay.
 pub struct ClearOnPaid {
     pub cart: Arc<Cart>,
 }
@@ -96,14 +99,28 @@ pub struct ClearOnPaid {
 #[derive(Deserialize)]
 struct Paid {
     user_id: Option<uuid::Uuid>,
+    /// What the order bought; absent in events from before orders listed it (then the whole
+    /// cart is emptied).
+    items: Option<Vec<Bought>>,
+}
+
+#[derive(Deserialize)]
+struct Bought {
+    sku: String,
+    quantity: i64,
 }
 
 #[async_trait]
 impl EventHandler for ClearOnPaid {
     async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
         let paid: Paid = event.data_as()?;
-        if let Some(user) = paid.user_id {
-            self.cart.clear_user(user).await?;
+        match (paid.user_id, paid.items) {
+            (Some(user), Some(items)) => {
+                let bought: Vec<(String, i64)> = items.into_iter().map(|i| (i.sku, i.quantity)).collect();
+                self.cart.deduct_user(user, &event.subject, &bought).await?;
+            }
+            (Some(user), None) => self.cart.clear_user(user).await?,
+            (None, _) => {}
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ struct Scripts {
     add: Script,
     set_quantity: Script,
     remove: Script,
+    deduct: Script,
     take: Script,
     reprice: Script,
     mark_reported: Script,
@@ -97,6 +98,35 @@ redis.call('ZREM', KEYS[2], ARGV[4])
 return 1
 ";
 
+/// KEYS: cart hash, updated set, the order's marker, then the SKU set of each line. ARGV: cart
+/// key, the marker's TTL, then a SKU and a quantity per line. Does nothing when the marker exists.
+const DEDUCT: &str = r"
+if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) == false then return -1 end
+local n = 1
+for i = 3, #ARGV, 2 do
+  n = n + 1
+  local field = 'l:' .. ARGV[i]
+  local current = redis.call('HGET', KEYS[1], field)
+  if current then
+    local line = cjson.decode(current)
+    local left = line.quantity - tonumber(ARGV[i + 1])
+    if left <= 0 then
+      redis.call('HDEL', KEYS[1], field)
+      redis.call('SREM', KEYS[2 + n], ARGV[1])
+    else
+      line.quantity = left
+      redis.call('HSET', KEYS[1], field, cjson.encode(line))
+    end
+  end
+end
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, 2) == 'l:' then return 1 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 0
+";
+
 /// KEYS: cart hash, updated set. ARGV: cart key. Answers the line JSONs.
 const TAKE: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
@@ -153,6 +183,7 @@ impl RedisCartStore {
                 add: with_touch(ADD),
                 set_quantity: with_touch(SET_QUANTITY),
                 remove: Script::new(REMOVE),
+                deduct: Script::new(DEDUCT),
                 take: Script::new(TAKE),
                 reprice: Script::new(REPRICE),
                 mark_reported: Script::new(MARK_REPORTED),
@@ -267,6 +298,22 @@ impl CartStore for RedisCartStore {
 
     async fn clear(&self, cart: &str) -> anyhow::Result<()> {
         self.take(cart, 0).await.map(|_| ())
+    }
+
+    async fn deduct(&self, cart: &str, order_id: &str, bought: &[(String, i64)], _now: i64) -> anyhow::Result<()> {
+        let mut invocation = self.scripts.deduct.key(self.cart_key(cart));
+        invocation.key(self.updated_key());
+        invocation.key(format!("{}deducted:{order_id}", self.prefix));
+        for (sku, _) in bought {
+            invocation.key(self.sku_key(sku));
+        }
+        // The marker outlives any redelivery of the order's event.
+        invocation.arg(cart).arg(7 * 24 * 3600);
+        for (sku, quantity) in bought {
+            invocation.arg(sku).arg(*quantity);
+        }
+        let _left: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(())
     }
 
     async fn take(&self, cart: &str, _now: i64) -> anyhow::Result<Vec<StoredLine>> {

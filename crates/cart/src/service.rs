@@ -438,6 +438,14 @@ impl Cart {
         self.store.clear(&Owner::User(user).key()).await
     }
 
+    /// Takes what an order bought out of the buyer's cart, once per order; what was added
+    /// since stays.
+    pub async fn deduct_user(&self, user: Uuid, order_id: &str, bought: &[(String, i64)]) -> anyhow::Result<()> {
+        self.store
+            .deduct(&Owner::User(user).key(), order_id, bought, self.clock.now_ms())
+            .await
+    }
+
     /// Reports every cart idle longer than `abandoned_after` once (cart.abandoned), and deletes
     /// expired carts. Answers how many it reported.
     pub async fn sweep(&self) -> anyhow::Result<usize> {

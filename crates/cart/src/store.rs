@@ -11,10 +11,11 @@ use platform::store::{Db, Migration};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "carts and their lines",
-    sql: "CREATE TABLE carts (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "carts and their lines",
+        sql: "CREATE TABLE carts (
             cart_key TEXT PRIMARY KEY,
             updated_at BIGINT NOT NULL,
             expires_at BIGINT NOT NULL,
@@ -37,8 +38,17 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             updated_at BIGINT NOT NULL,
             PRIMARY KEY (cart_key, sku));
           CREATE INDEX cart_lines_sku ON cart_lines (sku)",
-    postgres: None,
-}];
+        postgres: None,
+    },
+    Migration {
+        version: 2,
+        name: "orders whose purchases were taken out of a cart",
+        sql: "CREATE TABLE cart_deductions (
+            order_id TEXT PRIMARY KEY,
+            at BIGINT NOT NULL)",
+        postgres: None,
+    },
+];
 
 /// One line as stored: the SKU, how many, and a snapshot of the product taken when it was
 /// added and refreshed by product events since.
@@ -105,6 +115,11 @@ pub trait CartStore: Send + Sync {
 
     /// Empties the cart.
     async fn clear(&self, cart: &str) -> anyhow::Result<()>;
+
+    /// Takes `(sku, quantity)` units out of the cart in one step (what order `order_id` bought):
+    /// a line left with none goes; lines added since, and units beyond those bought, stay. An
+    /// emptied cart goes. Once per order: calling it again for the order changes nothing.
+    async fn deduct(&self, cart: &str, order_id: &str, bought: &[(String, i64)], now: i64) -> anyhow::Result<()>;
 
     /// Removes the cart and answers its lines, in one step (a guest cart being merged).
     async fn take(&self, cart: &str, now: i64) -> anyhow::Result<Vec<StoredLine>>;
@@ -294,6 +309,44 @@ impl CartStore for SqlCartStore {
         }
         tx.commit().await?;
         Ok(removed)
+    }
+
+    async fn deduct(&self, cart: &str, order_id: &str, bought: &[(String, i64)], now: i64) -> anyhow::Result<()> {
+        let mut tx = self.db.begin().await?;
+        let first =
+            sqlx::query("INSERT INTO cart_deductions (order_id, at) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING")
+                .bind(order_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if !first {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        for (sku, quantity) in bought {
+            sqlx::query("DELETE FROM cart_lines WHERE cart_key = $1 AND sku = $2 AND quantity <= $3")
+                .bind(cart)
+                .bind(sku)
+                .bind(quantity)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE cart_lines SET quantity = quantity - $3 WHERE cart_key = $1 AND sku = $2")
+                .bind(cart)
+                .bind(sku)
+                .bind(quantity)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "DELETE FROM carts WHERE cart_key = $1 AND NOT EXISTS (SELECT 1 FROM cart_lines WHERE cart_key = $1)",
+        )
+        .bind(cart)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn clear(&self, cart: &str) -> anyhow::Result<()> {

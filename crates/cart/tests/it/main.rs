@@ -24,6 +24,7 @@ macro_rules! suite {
                 an_idle_cart_is_reported_once_until_it_changes,
                 concurrent_adds_to_one_cart_are_all_kept,
                 every_write_refreshes_the_time_to_live,
+                what_an_order_bought_leaves_the_cart_once,
             );
         }
     };
@@ -310,4 +311,34 @@ async fn every_write_refreshes_the_time_to_live(f: Fixture) {
             assert_eq!(s.purge_expired(late + 3 * TTL_MS).await.unwrap(), 1);
         }
     }
+}
+
+async fn what_an_order_bought_leaves_the_cart_once(f: Fixture) {
+    let s = &f.store;
+    s.add("buyer", &line("A", 3, 500), 99, NOW).await.unwrap().unwrap();
+    s.add("buyer", &line("B", 1, 300), 99, NOW).await.unwrap().unwrap();
+    s.add("buyer", &line("C", 2, 300), 99, NOW).await.unwrap().unwrap();
+    let bought = vec![("A".to_owned(), 2), ("B".to_owned(), 1), ("GONE".to_owned(), 4)];
+    s.deduct("buyer", "order-1", &bought, NOW + 1).await.unwrap();
+    assert_eq!(
+        quantities(&s.lines("buyer", NOW + 2).await.unwrap()),
+        vec![("A", 1), ("C", 2)]
+    );
+    // The same order again (a redelivered event): nothing more leaves.
+    s.deduct("buyer", "order-1", &bought, NOW + 3).await.unwrap();
+    assert_eq!(
+        quantities(&s.lines("buyer", NOW + 4).await.unwrap()),
+        vec![("A", 1), ("C", 2)]
+    );
+    // Another order taking the rest empties the cart, which can be filled again.
+    let rest = vec![("A".to_owned(), 1), ("C".to_owned(), 5)];
+    s.deduct("buyer", "order-2", &rest, NOW + 5).await.unwrap();
+    assert!(s.lines("buyer", NOW + 6).await.unwrap().is_empty());
+    assert_eq!(s.add("buyer", &line("A", 1, 500), 99, NOW + 7).await.unwrap(), Ok(1));
+    // Other carts are untouched.
+    s.add("other", &line("A", 2, 500), 99, NOW).await.unwrap().unwrap();
+    s.deduct("buyer", "order-3", &[("A".to_owned(), 1)], NOW + 8)
+        .await
+        .unwrap();
+    assert_eq!(quantities(&s.lines("other", NOW + 9).await.unwrap()), vec![("A", 2)]);
 }
