@@ -263,6 +263,13 @@ impl Cart {
         self.render(lines).await
     }
 
+    /// The cart's SKUs and quantities, oldest line first, as stored: what checkout needs (it
+    /// prices and reserves them itself, so no warnings are worked out).
+    pub async fn quantities(&self, owner: &Owner) -> Result<Vec<(String, i64)>, ApiError> {
+        let lines = self.store.lines(&owner.key(), self.now()).await?;
+        Ok(lines.into_iter().map(|l| (l.sku, l.quantity)).collect())
+    }
+
     async fn render(&self, lines: Vec<StoredLine>) -> Result<CartView, ApiError> {
         let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
         let available = if skus.is_empty() {

@@ -236,18 +236,14 @@ struct CartLines(Arc<Cart>);
 #[async_trait]
 impl orders::service::Carts for CartLines {
     async fn lines(&self, user: uuid::Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
-        let view = self
+        let lines = self
             .0
-            .view(&cart::service::Owner::User(user))
+            .quantities(&cart::service::Owner::User(user))
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(view
-            .lines
+        Ok(lines
             .into_iter()
-            .map(|line| orders::service::CartLine {
-                sku: line.sku,
-                quantity: line.quantity,
-            })
+            .map(|(sku, quantity)| orders::service::CartLine { sku, quantity })
             .collect())
     }
 }

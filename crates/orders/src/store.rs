@@ -483,8 +483,8 @@ pub struct IdempotencyRow {
     pub expires_at: i64,
 }
 
-/// Claims `key` for this request: answers `None` when this request now owns it, else the row
-/// another request holds. An expired row is replaced.
+/// Claims `key` for this request in one statement: answers `None` when this request now owns
+/// it (a new row, or one whose time was up, replaced), else the row another request holds.
 pub async fn claim_key(
     pool: &AnyPool,
     user_id: &str,
@@ -493,53 +493,33 @@ pub async fn claim_key(
     now: i64,
     expires_at: i64,
 ) -> Result<Option<IdempotencyRow>, sqlx::Error> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at <= $3")
+    // A holder may let its key go between the claim and the read; then claim again.
+    for _ in 0..3 {
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, key) DO UPDATE SET request_hash = excluded.request_hash, order_id = NULL,
+                 response_status = NULL, response_body = NULL, created_at = excluded.created_at,
+                 expires_at = excluded.expires_at
+             WHERE idempotency_keys.expires_at <= excluded.created_at",
+        )
         .bind(user_id)
         .bind(key)
+        .bind(request_hash)
         .bind(now)
+        .bind(expires_at)
         .execute(pool)
-        .await?;
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, key) DO NOTHING",
-    )
-    .bind(user_id)
-    .bind(key)
-    .bind(request_hash)
-    .bind(now)
-    .bind(expires_at)
-    .execute(pool)
-    .await?
-    .rows_affected()
-        == 1;
-    if claimed {
-        return Ok(None);
-    }
-    let row = key_row(pool, user_id, key).await?;
-    // Deleted in between (its owner failed validation and let it go): try once more.
-    match row {
-        Some(row) => Ok(Some(row)),
-        None => {
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, key) DO NOTHING",
-            )
-            .bind(user_id)
-            .bind(key)
-            .bind(request_hash)
-            .bind(now)
-            .bind(expires_at)
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1;
-            if claimed {
-                Ok(None)
-            } else {
-                key_row(pool, user_id, key).await
-            }
+        .await?
+        .rows_affected()
+            == 1;
+        if claimed {
+            return Ok(None);
+        }
+        if let Some(row) = key_row(pool, user_id, key).await? {
+            return Ok(Some(row));
         }
     }
+    Err(sqlx::Error::RowNotFound)
 }
 
 pub async fn key_row(pool: &AnyPool, user_id: &str, key: &str) -> Result<Option<IdempotencyRow>, sqlx::Error> {

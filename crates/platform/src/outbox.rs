@@ -134,14 +134,37 @@ impl Outbox {
         let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100")
             .fetch_all(self.db.reader())
             .await?;
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failure = None;
         for (seq, payload) in &rows {
-            let event = Event::from_json(payload)?;
-            bus.publish(&event).await?;
-            sqlx::query("DELETE FROM outbox WHERE seq = $1")
-                .bind(seq)
-                .execute(self.db.writer())
-                .await?;
+            let sent = match Event::from_json(payload) {
+                Ok(event) => bus.publish(&event).await,
+                Err(err) => Err(err.into()),
+            };
+            match sent {
+                Ok(()) => published.push(*seq),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
         }
-        Ok(rows.len())
+        // One delete for what the bus has, by explicit seq: a row with a lower seq that commits
+        // late (PostgreSQL hands out seqs before commit) is never deleted unpublished.
+        if !published.is_empty() {
+            let sql = format!(
+                "DELETE FROM outbox WHERE seq IN ({})",
+                crate::store::placeholders(1, published.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for seq in &published {
+                query = query.bind(seq);
+            }
+            query.execute(self.db.writer()).await?;
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(rows.len()),
+        }
     }
 }
