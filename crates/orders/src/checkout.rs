@@ -179,7 +179,15 @@ impl Orders {
         if let Some(outcome) = self.claim(&user_id, key, &hash).await? {
             return Ok(outcome);
         }
-        match self.place(user, key, checked, correlation_id).await {
+        let placed = self.place(user, key, checked, correlation_id).await;
+        let outcome = match &placed {
+            Ok(_) => "placed",
+            Err(Placement::Recorded(..)) => "out_of_stock",
+            Err(Placement::Refused(_)) => "refused",
+            Err(Placement::Failed(_)) => "failed",
+        };
+        metrics::counter!("mercato_checkouts_total", "outcome" => outcome).increment(1);
+        match placed {
             Ok((status, body)) | Err(Placement::Recorded(status, body)) => {
                 store::store_response(self.db.writer(), &user_id, key, status, &body.to_string()).await?;
                 Ok(CheckoutOutcome {
@@ -221,6 +229,7 @@ impl Orders {
                 if let (Some(status), Some(body)) = (row.response_status, &row.response_body) {
                     let body = serde_json::from_str(body)
                         .map_err(|err| ApiError::Internal(anyhow::anyhow!("unreadable stored response: {err}")))?;
+                    metrics::counter!("mercato_checkouts_total", "outcome" => "replayed").increment(1);
                     return Ok(Some(CheckoutOutcome {
                         status: u16::try_from(status).unwrap_or(500),
                         body,

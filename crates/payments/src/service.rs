@@ -527,6 +527,21 @@ impl Payments {
         raw_body: &[u8],
         signature_header: Option<&str>,
     ) -> Result<WebhookOutcome, ApiError> {
+        let result = self.apply_webhook(provider, raw_body, signature_header).await;
+        let outcome = match &result {
+            Ok(outcome) => outcome.as_str(),
+            Err(_) => "rejected",
+        };
+        metrics::counter!("mercato_webhooks_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn apply_webhook(
+        &self,
+        provider: &str,
+        raw_body: &[u8],
+        signature_header: Option<&str>,
+    ) -> Result<WebhookOutcome, ApiError> {
         if provider != self.provider.name() {
             return Err(ApiError::NotFound(format!("no payment provider named `{provider}`")));
         }

@@ -273,6 +273,23 @@ async fn a_card_checkout_is_paid_on_the_hosted_page_then_stock_is_committed_and_
     let checked_out = app.wait_for_event("cart.checked_out", user_id).await;
     assert_eq!(checked_out.data["order_id"], order_id.as_str());
     assert_eq!(checked_out.data["item_count"], 2);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mercato_checkouts_total{outcome=\"placed\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mercato_webhooks_total{outcome=\"applied\"}"),
+        "{metrics}"
+    );
     let mine = app.get("/api/v1/orders", Some(&token)).await.expect(200).body;
     assert_eq!(mine["items"].as_array().unwrap().len(), 1);
     assert!(app.outboxes_drain().await);
