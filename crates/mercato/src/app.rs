@@ -448,7 +448,9 @@ pub fn build_orders(config: &Config, db: Db, clock: SharedClock, clients: orders
             default_tax_bps: config.orders.default_tax_bps.max(0),
         },
         return_window: Duration::from_secs(
-            u64::try_from(config.orders.return_window_days.max(0)).unwrap_or(0) * 86_400,
+            u64::try_from(config.orders.return_window_days.clamp(0, 3650))
+                .unwrap_or(0)
+                .saturating_mul(86_400),
         ),
         idempotency_ttl: Duration::from_secs(config.orders.idempotency_ttl_secs.max(60)),
         ..orders::Settings::default()

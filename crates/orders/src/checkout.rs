@@ -59,6 +59,15 @@ pub struct CheckoutOutcome {
     pub replayed: bool,
 }
 
+/// The most an order may total (what a payment can carry).
+pub const MAX_TOTAL_MINOR: i64 = 1_000_000_000_000;
+
+/// Whether this request owns the key (its claim token) or gets a stored answer.
+enum Claimed {
+    Mine(String),
+    Answered(CheckoutOutcome),
+}
+
 /// How placing an order ended, for what gets stored under the key.
 enum Placement {
     /// An order exists but did not go through (a stock shortage cancelled it): store and
@@ -176,10 +185,11 @@ impl Orders {
         let checked = check(request)?;
         let hash = request_hash(user, &body);
         let user_id = user.to_string();
-        if let Some(outcome) = self.claim(&user_id, key, &hash).await? {
-            return Ok(outcome);
-        }
-        let placed = self.place(user, key, checked, correlation_id).await;
+        let claim = match self.claim(&user_id, key, &hash).await? {
+            Claimed::Answered(outcome) => return Ok(outcome),
+            Claimed::Mine(claim) => claim,
+        };
+        let placed = self.place(user, key, &claim, checked, correlation_id).await;
         let outcome = match &placed {
             Ok(_) => "placed",
             Err(Placement::Recorded(..)) => "out_of_stock",
@@ -189,7 +199,7 @@ impl Orders {
         metrics::counter!("mercato_checkouts_total", "outcome" => outcome).increment(1);
         match placed {
             Ok((status, body)) | Err(Placement::Recorded(status, body)) => {
-                store::store_response(self.db.writer(), &user_id, key, status, &body.to_string()).await?;
+                store::store_response(self.db.writer(), &user_id, key, &claim, status, &body.to_string()).await?;
                 Ok(CheckoutOutcome {
                     status,
                     body,
@@ -197,7 +207,7 @@ impl Orders {
                 })
             }
             Err(Placement::Refused(err) | Placement::Failed(err)) => {
-                if let Err(release) = store::release_key(self.db.writer(), &user_id, key).await {
+                if let Err(release) = store::release_key(self.db.writer(), &user_id, key, &claim).await {
                     tracing::warn!(error = %release, "cannot let an idempotency key go");
                 }
                 Err(err)
@@ -205,19 +215,29 @@ impl Orders {
         }
     }
 
-    /// Owns the key for this request (`None`), or answers what the request that owns it
-    /// answered, waiting for it while it runs.
-    async fn claim(&self, user_id: &str, key: &str, hash: &str) -> Result<Option<CheckoutOutcome>, ApiError> {
+    /// Owns the key for this request (its claim token), or answers what the request that owns
+    /// it answered, waiting for it while it runs.
+    async fn claim(&self, user_id: &str, key: &str, hash: &str) -> Result<Claimed, ApiError> {
         let deadline = Instant::now() + self.settings.idempotency_wait;
         let ttl = i64::try_from(self.settings.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
+        let token = new_id().to_string();
         let mut pause = Duration::from_millis(5);
         loop {
             let now = self.now();
-            let held =
-                match store::claim_key(self.db.writer(), user_id, key, hash, now, now.saturating_add(ttl)).await? {
-                    None => return Ok(None),
-                    Some(row) => row,
-                };
+            let held = match store::claim_key(
+                self.db.writer(),
+                user_id,
+                key,
+                hash,
+                &token,
+                now,
+                now.saturating_add(ttl),
+            )
+            .await?
+            {
+                None => return Ok(Claimed::Mine(token)),
+                Some(row) => row,
+            };
             // Wait on reads (not claims) until the holder answers, lets go or dies.
             let mut row = held;
             loop {
@@ -230,7 +250,7 @@ impl Orders {
                     let body = serde_json::from_str(body)
                         .map_err(|err| ApiError::Internal(anyhow::anyhow!("unreadable stored response: {err}")))?;
                     metrics::counter!("mercato_checkouts_total", "outcome" => "replayed").increment(1);
-                    return Ok(Some(CheckoutOutcome {
+                    return Ok(Claimed::Answered(CheckoutOutcome {
                         status: u16::try_from(status).unwrap_or(500),
                         body,
                         replayed: true,
@@ -247,9 +267,24 @@ impl Orders {
                                 members: json!({ "order_id": order_id }),
                             })
                         }
+                        // Its request died before making an order: take the key over (one of
+                        // several waiting requests wins; the others keep waiting on the winner).
                         None => {
-                            store::release_key(self.db.writer(), user_id, key).await?;
-                            break;
+                            let now = self.now();
+                            let taken = store::take_over_key(
+                                self.db.writer(),
+                                user_id,
+                                key,
+                                &row.claim,
+                                &token,
+                                hash,
+                                now,
+                                now.saturating_add(ttl),
+                            )
+                            .await?;
+                            if taken {
+                                return Ok(Claimed::Mine(token));
+                            }
                         }
                     }
                 }
@@ -275,6 +310,7 @@ impl Orders {
         &self,
         user: Uuid,
         key: &str,
+        claim: &str,
         checked: Checked,
         correlation_id: Option<&str>,
     ) -> Result<(u16, serde_json::Value), Placement> {
@@ -358,6 +394,13 @@ impl Orders {
             .pricing
             .totals(&amounts, discount, &address.country)
             .ok_or_else(|| Placement::Refused(ApiError::Unprocessable("the order is too large".to_owned())))?;
+        // What a payment can carry: checked before anything is kept.
+        if !(1..=MAX_TOTAL_MINOR).contains(&totals.total) {
+            return Err(Placement::Refused(ApiError::Unprocessable(format!(
+                "an order must come to between 1 and {MAX_TOTAL_MINOR} minor units to be paid; this one is {}",
+                totals.total
+            ))));
+        }
 
         let order_id = new_id();
         let id = order_id.to_string();
@@ -432,11 +475,17 @@ impl Orders {
                 let message = match refused {
                     UseRefused::Exhausted => "this coupon has been used up",
                     UseRefused::CustomerLimit => "you have used this coupon as often as it allows",
+                    UseRefused::Changed => "the coupon changed while you checked out; try again",
                 };
                 return Err(Placement::Refused(ApiError::Conflict(message.to_owned())));
             }
         }
-        store::attach_order(&mut tx, &user_id, key, &id).await?;
+        if !store::attach_order(&mut tx, &user_id, key, claim, &id).await? {
+            tx.rollback().await?;
+            return Err(Placement::Refused(ApiError::Conflict(
+                "another request took this Idempotency-Key over; look up your orders before retrying".to_owned(),
+            )));
+        }
         let reserved: Vec<serde_json::Value> = line_rows
             .iter()
             .map(|l| {

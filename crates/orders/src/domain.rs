@@ -91,12 +91,15 @@ pub enum Trigger {
     RequestReturn,
     RejectReturn,
     ReceiveReturn,
-    /// The returned items were refunded.
+    /// The returned items were refunded, and they were everything the order held.
     Refund,
+    /// The returned items were refunded, and the order still holds others (which may be
+    /// returned later, within the window).
+    PartRefund,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 13] = [
+    pub const ALL: [Trigger; 14] = [
         Self::PaymentSucceeded,
         Self::PaymentFailed,
         Self::CashOnDeliveryConfirmed,
@@ -110,6 +113,7 @@ impl Trigger {
         Self::RejectReturn,
         Self::ReceiveReturn,
         Self::Refund,
+        Self::PartRefund,
     ];
 }
 
@@ -183,6 +187,9 @@ pub fn next(from: OrderStatus, trigger: Trigger) -> Step {
         (S::Returned, T::Refund) => Step::Move(S::Refunded),
         (S::Refunded, T::Refund) => Step::Stay,
         (_, T::Refund) => Step::Refuse("only a returned order is refunded this way"),
+
+        (S::Returned, T::PartRefund) => Step::Move(S::Delivered),
+        (_, T::PartRefund) => Step::Refuse("only a returned order is refunded this way"),
     }
 }
 
@@ -432,6 +439,7 @@ mod tests {
         (S::ReturnRequested, T::RejectReturn, S::Delivered),
         (S::ReturnRequested, T::ReceiveReturn, S::Returned),
         (S::Returned, T::Refund, S::Refunded),
+        (S::Returned, T::PartRefund, S::Delivered),
     ];
 
     /// Triggers that come from outside (events that may arrive late or twice): never an error.

@@ -445,9 +445,17 @@ impl Orders {
         }
         tx.commit().await?;
         self.outbox.wake();
+        // Everything back: the order is refunded. Some of it: delivered again, so the rest can
+        // still be returned within the window.
+        let lines = store::lines_of(self.db.reader(), std::slice::from_ref(&row.order_id)).await?;
+        let trigger = if lines.iter().all(|l| l.returned_quantity >= l.quantity) {
+            Trigger::Refund
+        } else {
+            Trigger::PartRefund
+        };
         self.apply(
             &row.order_id,
-            Trigger::Refund,
+            trigger,
             &Actor::Admin(admin),
             Some("return refunded"),
             None,

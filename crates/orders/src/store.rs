@@ -67,6 +67,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             user_id TEXT NOT NULL,
             key TEXT NOT NULL,
             request_hash TEXT NOT NULL,
+            claim TEXT NOT NULL,
             order_id TEXT,
             response_status BIGINT,
             response_body TEXT,
@@ -350,7 +351,8 @@ pub async fn set_status(
     let stamp = match to {
         "paid" => ", paid_at = $4",
         "shipped" => ", shipped_at = $4",
-        "delivered" => ", delivered_at = $4",
+        // A rejected return moves the order back to delivered: the first delivery counts.
+        "delivered" => ", delivered_at = COALESCE(delivered_at, $4)",
         "cancelled" | "payment_failed" => ", cancelled_at = $4, cancel_reason = $5",
         _ => "",
     };
@@ -476,6 +478,8 @@ pub async fn seller_lines(pool: &AnyPool, seller_id: &str, order_ids: &[String])
 #[derive(Debug, Clone, FromRow)]
 pub struct IdempotencyRow {
     pub request_hash: String,
+    /// The token of the request that holds the key.
+    pub claim: String,
     pub order_id: Option<String>,
     pub response_status: Option<i64>,
     pub response_body: Option<String>,
@@ -483,29 +487,32 @@ pub struct IdempotencyRow {
     pub expires_at: i64,
 }
 
-/// Claims `key` for this request in one statement: answers `None` when this request now owns
-/// it (a new row, or one whose time was up, replaced), else the row another request holds.
+/// Claims `key` for this request (`claim` is its token) in one statement: answers `None` when
+/// this request now owns it (a new row, or one whose time was up, replaced), else the row
+/// another request holds.
 pub async fn claim_key(
     pool: &AnyPool,
     user_id: &str,
     key: &str,
     request_hash: &str,
+    claim: &str,
     now: i64,
     expires_at: i64,
 ) -> Result<Option<IdempotencyRow>, sqlx::Error> {
     // A holder may let its key go between the claim and the read; then claim again.
     for _ in 0..3 {
         let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (user_id, key) DO UPDATE SET request_hash = excluded.request_hash, order_id = NULL,
-                 response_status = NULL, response_body = NULL, created_at = excluded.created_at,
-                 expires_at = excluded.expires_at
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, claim, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (user_id, key) DO UPDATE SET request_hash = excluded.request_hash,
+                 claim = excluded.claim, order_id = NULL, response_status = NULL, response_body = NULL,
+                 created_at = excluded.created_at, expires_at = excluded.expires_at
              WHERE idempotency_keys.expires_at <= excluded.created_at",
         )
         .bind(user_id)
         .bind(key)
         .bind(request_hash)
+        .bind(claim)
         .bind(now)
         .bind(expires_at)
         .execute(pool)
@@ -522,9 +529,39 @@ pub async fn claim_key(
     Err(sqlx::Error::RowNotFound)
 }
 
+/// Takes over a key whose request died (held by `dead`, no answer, no order) for the request
+/// with token `claim`; answers whether it did. Of several requests trying at once, one wins.
+#[allow(clippy::too_many_arguments)]
+pub async fn take_over_key(
+    pool: &AnyPool,
+    user_id: &str,
+    key: &str,
+    dead: &str,
+    claim: &str,
+    request_hash: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE idempotency_keys SET claim = $4, request_hash = $5, created_at = $6, expires_at = $7
+         WHERE user_id = $1 AND key = $2 AND claim = $3 AND response_status IS NULL AND order_id IS NULL",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(dead)
+    .bind(claim)
+    .bind(request_hash)
+    .bind(now)
+    .bind(expires_at)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
 pub async fn key_row(pool: &AnyPool, user_id: &str, key: &str) -> Result<Option<IdempotencyRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT request_hash, order_id, response_status, response_body, created_at, expires_at
+        "SELECT request_hash, claim, order_id, response_status, response_body, created_at, expires_at
          FROM idempotency_keys WHERE user_id = $1 AND key = $2",
     )
     .bind(user_id)
@@ -533,41 +570,60 @@ pub async fn key_row(pool: &AnyPool, user_id: &str, key: &str) -> Result<Option<
     .await
 }
 
-/// Ties the key to the order its request created, in the order's own transaction.
-pub async fn attach_order(tx: &mut Tx, user_id: &str, key: &str, order_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET order_id = $3 WHERE user_id = $1 AND key = $2")
-        .bind(user_id)
-        .bind(key)
-        .bind(order_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// Ties the key to the order its request created, in the order's own transaction (only while
+/// this request still holds it).
+pub async fn attach_order(
+    tx: &mut Tx,
+    user_id: &str,
+    key: &str,
+    claim: &str,
+    order_id: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE idempotency_keys SET order_id = $4 WHERE user_id = $1 AND key = $2 AND claim = $3")
+            .bind(user_id)
+            .bind(key)
+            .bind(claim)
+            .bind(order_id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+            == 1,
+    )
 }
 
 pub async fn store_response(
     pool: &AnyPool,
     user_id: &str,
     key: &str,
+    claim: &str,
     status: u16,
     body: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE user_id = $1 AND key = $2")
-        .bind(user_id)
-        .bind(key)
-        .bind(i64::from(status))
-        .bind(body)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $4, response_body = $5
+         WHERE user_id = $1 AND key = $2 AND claim = $3",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(claim)
+    .bind(i64::from(status))
+    .bind(body)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// Lets the key go (a request that stored nothing).
-pub async fn release_key(pool: &AnyPool, user_id: &str, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND response_status IS NULL")
-        .bind(user_id)
-        .bind(key)
-        .execute(pool)
-        .await?;
+/// Lets the key go (a request that stored nothing), if this request still holds it.
+pub async fn release_key(pool: &AnyPool, user_id: &str, key: &str, claim: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND claim = $3 AND response_status IS NULL",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(claim)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -702,6 +758,8 @@ pub enum UseRefused {
     Exhausted,
     /// This customer used it as often as allowed.
     CustomerLimit,
+    /// An admin changed or deleted the coupon since it was read.
+    Changed,
 }
 
 /// Takes one use of the coupon for `order_id` inside the order's transaction, atomically against
@@ -716,15 +774,25 @@ pub async fn use_coupon(
 ) -> Result<Result<(), UseRefused>, sqlx::Error> {
     let counted = sqlx::query(
         "UPDATE coupons SET used_count = used_count + 1
-         WHERE id = $1 AND (usage_limit IS NULL OR used_count < usage_limit)",
+         WHERE id = $1 AND version = $2 AND disabled_at IS NULL AND (usage_limit IS NULL OR used_count < usage_limit)",
     )
     .bind(&coupon.id)
+    .bind(coupon.version)
     .execute(&mut **tx)
     .await?
     .rows_affected()
         == 1;
     if !counted {
-        return Ok(Err(UseRefused::Exhausted));
+        let changed = sqlx::query_scalar::<_, i64>("SELECT version FROM coupons WHERE id = $1")
+            .bind(&coupon.id)
+            .fetch_optional(&mut **tx)
+            .await?
+            != Some(coupon.version);
+        return Ok(Err(if changed {
+            UseRefused::Changed
+        } else {
+            UseRefused::Exhausted
+        }));
     }
     let limit = coupon.per_customer_limit.unwrap_or(i64::MAX);
     let customer_ok = sqlx::query(
