@@ -152,6 +152,14 @@ async fn openapi_docs_health_and_metrics_are_served() {
         "/api/v1/auth/register",
         "/api/v1/users/me/addresses/{id}",
         "/api/v1/admin/dead-letters/{id}/replay",
+        "/api/v1/checkout",
+        "/api/v1/orders/{id}/timeline",
+        "/api/v1/admin/orders/{id}/status",
+        "/api/v1/admin/coupons/{id}",
+        "/api/v1/admin/returns/{id}/receive",
+        "/api/v1/payments/{order_id}",
+        "/api/v1/payments/webhooks/{provider}",
+        "/api/v1/admin/payments/{id}/refunds",
     ] {
         assert!(spec.body["paths"].get(path).is_some(), "{path} documented");
     }
@@ -175,6 +183,8 @@ async fn openapi_docs_health_and_metrics_are_served() {
     let ready = app.get("/health/ready", None).await.expect(200);
     assert_eq!(ready.body["checks"]["identity_db"], "ok");
     assert_eq!(ready.body["checks"]["bus"], "ok");
+    assert_eq!(ready.body["checks"]["orders_db"], "ok");
+    assert_eq!(ready.body["checks"]["payments_db"], "ok");
 
     app.get("/health/live", None).await.expect(200);
     let metrics = app
