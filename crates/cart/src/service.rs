@@ -504,20 +504,9 @@ impl Cart {
 
     pub fn spawn_sweeper(self: &Arc<Self>, cancel: CancellationToken) {
         let cart = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(cart.settings.sweep_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match cart.sweep().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(reported = n, "reported abandoned carts"),
-                    Err(err) => tracing::warn!(error = %format!("{err:#}"), "the cart sweeper failed; it will retry"),
-                }
-            }
+        platform::periodic::spawn_every("cart sweeper", self.settings.sweep_interval, cancel, move || {
+            let cart = cart.clone();
+            async move { cart.sweep().await }
         });
     }
 }

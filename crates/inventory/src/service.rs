@@ -733,21 +733,20 @@ impl Inventory {
     /// Runs `release_expired` every `sweep_interval` until cancelled.
     pub fn spawn_sweeper(self: &std::sync::Arc<Self>, cancel: CancellationToken) {
         let inventory = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(inventory.settings.sweep_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
+        platform::periodic::spawn_every(
+            "release expired reservations",
+            self.settings.sweep_interval,
+            cancel,
+            move || {
+                let inventory = inventory.clone();
+                async move {
+                    inventory
+                        .release_expired()
+                        .await
+                        .map_err(|err| anyhow::anyhow!("{err}"))
                 }
-                match inventory.release_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(released = n, "released expired reservations"),
-                    Err(err) => tracing::warn!(error = %err, "the reservation sweeper failed; it will retry"),
-                }
-            }
-        });
+            },
+        );
     }
 
     /// Puts units back on hand (a return, or a cancellation after commit), once per

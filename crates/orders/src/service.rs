@@ -734,19 +734,18 @@ impl Orders {
     /// Deletes idempotency keys past their time, now and then.
     pub fn spawn_sweeper(self: &Arc<Self>, cancel: CancellationToken) {
         let orders = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(600)) => {}
+        platform::periodic::spawn_every(
+            "purge expired idempotency keys",
+            Duration::from_secs(600),
+            cancel,
+            move || {
+                let orders = orders.clone();
+                async move {
+                    let purged = store::purge_expired_keys(orders.db.writer(), orders.now()).await?;
+                    Ok(usize::try_from(purged).unwrap_or(usize::MAX))
                 }
-                match store::purge_expired_keys(orders.db.writer(), orders.now()).await {
-                    Ok(0) => {}
-                    Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
-                    Err(err) => tracing::warn!(error = %err, "cannot purge idempotency keys"),
-                }
-            }
-        });
+            },
+        );
     }
 }
 

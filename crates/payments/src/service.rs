@@ -1062,20 +1062,9 @@ impl Payments {
     /// Runs [`Payments::sweep`] every `sweep_interval` until cancelled.
     pub fn spawn_sweeper(self: &Arc<Self>, cancel: CancellationToken) {
         let payments = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(payments.settings.sweep_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match payments.sweep().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(handled = n, "payments sweeper finished work"),
-                    Err(err) => tracing::warn!(error = %err, "the payments sweeper failed; it will retry"),
-                }
-            }
+        platform::periodic::spawn_every("payments sweeper", self.settings.sweep_interval, cancel, move || {
+            let payments = payments.clone();
+            async move { payments.sweep().await.map_err(|err| anyhow::anyhow!("{err}")) }
         });
     }
 }

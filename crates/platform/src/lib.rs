@@ -16,6 +16,7 @@ pub mod id;
 pub mod money;
 pub mod outbox;
 pub mod page;
+pub mod periodic;
 pub mod ratelimit;
 pub mod sku;
 pub mod store;
