@@ -166,6 +166,19 @@ macro_rules! on_both {
     };
 }
 
+/// Waits (up to 10 s) until the order's payment, as its owner sees it, passes `ready`.
+async fn payment_when(app: &TestApp, token: &str, order_id: &str, ready: impl Fn(&Value) -> bool) -> Option<Value> {
+    platform::testing::eventually(Duration::from_secs(10), || async {
+        let payment = app
+            .get(&format!("/api/v1/payments/{order_id}"), Some(token))
+            .await
+            .expect(200)
+            .body;
+        ready(&payment).then_some(payment)
+    })
+    .await
+}
+
 async fn stock(app: &TestApp, admin: &str, sku: &str) -> Value {
     app.get(&format!("/api/v1/admin/inventory/{sku}"), Some(admin))
         .await
@@ -696,16 +709,9 @@ async fn cash_on_delivery_ships_is_collected_on_delivery_and_can_be_returned_and
         .expect(200)
         .body;
     assert_eq!(delivered["status"], "delivered");
-    let collected = platform::testing::eventually(Duration::from_secs(10), || async {
-        let payment = app
-            .get(&format!("/api/v1/payments/{order_id}"), Some(&token))
-            .await
-            .expect(200)
-            .body;
-        (payment["status"] == "succeeded").then_some(payment)
-    })
-    .await
-    .expect("cash collected on delivery");
+    let collected = payment_when(&app, &token, &order_id, |payment| payment["status"] == "succeeded")
+        .await
+        .expect("cash collected on delivery");
     assert_eq!(collected["captured_minor"], placed["order"]["totals"]["total"]);
 
     // Delivered: the buyer is a verified buyer of the product now.
@@ -764,13 +770,8 @@ async fn cash_on_delivery_ships_is_collected_on_delivery_and_can_be_returned_and
     })
     .await;
     assert!(restocked.is_some(), "the returned unit is back on hand");
-    let payment = platform::testing::eventually(Duration::from_secs(10), || async {
-        let payment = app
-            .get(&format!("/api/v1/payments/{order_id}"), Some(&token))
-            .await
-            .expect(200)
-            .body;
-        (payment["refunded_minor"] == received["refund"]).then_some(payment)
+    let payment = payment_when(&app, &token, &order_id, |payment| {
+        payment["refunded_minor"] == received["refund"]
     })
     .await;
     assert!(payment.is_some(), "the return's amount is refunded");
@@ -846,15 +847,7 @@ async fn an_unpaid_order_is_cancelled_when_its_reservation_expires() {
         .expect(200)
         .body;
     assert_eq!(order["cancel_reason"], "payment_timeout");
-    let payment = platform::testing::eventually(Duration::from_secs(10), || async {
-        let payment = app
-            .get(&format!("/api/v1/payments/{order_id}"), Some(&token))
-            .await
-            .expect(200)
-            .body;
-        (payment["status"] == "cancelled").then_some(())
-    })
-    .await;
+    let payment = payment_when(&app, &token, &order_id, |payment| payment["status"] == "cancelled").await;
     assert!(payment.is_some(), "the payment intent is cancelled with the order");
     assert_eq!(stock(&app, &admin, "EXPIRE-1").await["reserved"], 0);
     assert!(app.outboxes_drain().await);
@@ -884,13 +877,8 @@ async fn cancelling_a_paid_order_refunds_it_and_puts_the_stock_back(on: On) {
         .expect(200)
         .body;
     assert_eq!(cancelled["status"], "cancelled");
-    let refunded = platform::testing::eventually(Duration::from_secs(10), || async {
-        let payment = app
-            .get(&format!("/api/v1/payments/{order_id}"), Some(&token))
-            .await
-            .expect(200)
-            .body;
-        (payment["refunded_minor"] == payment["captured_minor"]).then_some(payment)
+    let refunded = payment_when(&app, &token, &order_id, |payment| {
+        payment["refunded_minor"] == payment["captured_minor"]
     })
     .await
     .expect("refunded in full");
