@@ -174,7 +174,7 @@ impl Orders {
         body: serde_json::Value,
         correlation_id: Option<&str>,
     ) -> Result<CheckoutOutcome, ApiError> {
-        if !domain::valid_idempotency_key(key) {
+        if !platform::extract::valid_idempotency_key(key) {
             return Err(ApiError::validation(
                 "Idempotency-Key",
                 "is required: 1–255 visible ASCII characters, unique per checkout",

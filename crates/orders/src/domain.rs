@@ -407,13 +407,6 @@ impl ReturnStatus {
     }
 }
 
-// ----- idempotency ---------------------------------------------------------------------------
-
-/// An `Idempotency-Key` as sent: 1–255 visible ASCII characters.
-pub fn valid_idempotency_key(raw: &str) -> bool {
-    (1..=255).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,13 +589,9 @@ mod tests {
     }
 
     #[test]
-    fn coupon_codes_and_idempotency_keys_are_checked() {
+    fn coupon_codes_are_checked() {
         assert_eq!(normalize_coupon_code(" save-10 ").as_deref(), Some("SAVE-10"));
         assert_eq!(normalize_coupon_code("ab"), None);
         assert_eq!(normalize_coupon_code("no spaces"), None);
-        assert!(valid_idempotency_key("a1b2-c3"));
-        assert!(!valid_idempotency_key(""));
-        assert!(!valid_idempotency_key("has space"));
-        assert!(!valid_idempotency_key(&"k".repeat(256)));
     }
 }

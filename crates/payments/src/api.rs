@@ -172,7 +172,8 @@ async fn create_refund(
     let request = RefundRequest {
         amount_minor: Some(body.amount_minor),
         reason: body.reason,
-        idempotency_key: domain::parse_idempotency_key(key)?,
+        // Checked (422 when malformed) by `Payments::refund`.
+        idempotency_key: key.to_owned(),
         actor: Some(admin.id.to_string()),
         correlation_id: Some(ids.correlation_id),
     };

@@ -201,7 +201,7 @@ pub fn check_refund_amount(amount_minor: i64, refundable_minor: i64) -> Result<(
 
 /// An idempotency key: 1–255 visible ASCII characters.
 pub fn parse_idempotency_key(raw: &str) -> Result<String, ApiError> {
-    if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+    if !platform::extract::valid_idempotency_key(raw) {
         return Err(ApiError::validation(
             "Idempotency-Key",
             "must be 1–255 visible ASCII characters",

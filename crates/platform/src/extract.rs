@@ -140,6 +140,11 @@ pub fn expected_version(explicit: Option<i64>, headers: &http::HeaderMap) -> Res
     }
 }
 
+/// An `Idempotency-Key` as clients may send it: 1–255 visible ASCII characters.
+pub fn valid_idempotency_key(raw: &str) -> bool {
+    (1..=255).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic())
+}
+
 #[cfg(test)]
 mod version_tests {
     use super::*;
@@ -156,5 +161,14 @@ mod version_tests {
         assert_eq!(expected_version(Some(2), &headers).unwrap(), 2, "the body wins");
         headers.insert(http::header::IF_MATCH, "*".parse().unwrap());
         assert!(expected_version(None, &headers).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_up_to_255() {
+        assert!(valid_idempotency_key("a1b2-c3"));
+        assert!(valid_idempotency_key(&"k".repeat(255)));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key("has space"));
+        assert!(!valid_idempotency_key(&"k".repeat(256)));
     }
 }
