@@ -242,7 +242,7 @@ impl RefundView {
 }
 
 fn parse_stored_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::Internal(anyhow::anyhow!("stored id {raw:?} is not a UUID")))
+    platform::id::parse_id(raw).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored id {raw:?} is not a UUID")))
 }
 
 /// What a webhook did.
@@ -494,8 +494,11 @@ impl Payments {
         {
             Ok(intent) => {
                 let mut tx = self.db.begin().await?;
-                store::set_intent(&mut tx, &row.id, &intent.id, &intent.redirect_url, self.now()).await?;
+                let written = store::set_intent(&mut tx, &row.id, &intent.id, &intent.redirect_url, self.now()).await?;
                 tx.commit().await?;
+                if let Some(written) = written {
+                    return PaymentView::from_row(written);
+                }
             }
             Err(err) => {
                 // Nothing may stay waiting for a page the buyer never got. A webhook that

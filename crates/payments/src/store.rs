@@ -255,25 +255,25 @@ pub async fn other_capture(tx: &mut Tx, order_id: &str, payment_id: &str) -> Res
     Ok(found.is_some())
 }
 
-/// Records the provider's intent on a payment (unless a webhook recorded it first).
+/// Records the provider's intent on a payment (unless a webhook recorded it first); answers
+/// the payment as written, or `None` when it was not.
 pub async fn set_intent(
     tx: &mut Tx,
     id: &str,
     intent_id: &str,
     redirect_url: &str,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
         "UPDATE payments SET intent_id = $2, redirect_url = $3, version = version + 1, updated_at = $4
-         WHERE id = $1 AND (intent_id IS NULL OR intent_id = $2)",
-    )
+         WHERE id = $1 AND (intent_id IS NULL OR intent_id = $2) RETURNING {PAYMENT_COLUMNS}"
+    ))
     .bind(id)
     .bind(intent_id)
     .bind(redirect_url)
     .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .fetch_optional(&mut **tx)
+    .await
 }
 
 /// Attaches an intent to a payment a webhook found by its metadata before the creation recorded it.
