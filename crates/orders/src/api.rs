@@ -259,10 +259,7 @@ pub struct AdminOrderParams {
 
 fn instant(raw: Option<&str>, field: &str) -> Result<Option<i64>, ApiError> {
     raw.map(|raw| {
-        time::OffsetDateTime::parse(raw.trim(), &time::format_description::well_known::Rfc3339)
-            .ok()
-            .and_then(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
-            .ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 instant"))
+        platform::clock::parse_rfc3339(raw).ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 instant"))
     })
     .transpose()
 }

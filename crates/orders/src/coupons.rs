@@ -95,14 +95,11 @@ impl From<CouponRow> for CouponView {
 }
 
 fn instant(raw: Option<&str>, field: &str, errors: &mut Vec<FieldError>) -> Option<i64> {
-    let raw = raw?.trim();
-    match time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339) {
-        Ok(at) => i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok(),
-        Err(_) => {
-            errors.push(FieldError::new(field, "must be an RFC 3339 instant"));
-            None
-        }
+    let at = platform::clock::parse_rfc3339(raw?);
+    if at.is_none() {
+        errors.push(FieldError::new(field, "must be an RFC 3339 instant"));
     }
+    at
 }
 
 /// Checks an input and turns it into the row it describes (id, counters and times aside).

@@ -55,9 +55,25 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Reads an RFC 3339 instant (surrounding spaces allowed) as unix milliseconds; `None` when it
+/// is not one.
+pub fn parse_rfc3339(raw: &str) -> Option<i64> {
+    OffsetDateTime::parse(raw.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_instants_round_trip() {
+        let at = 1_800_000_000_123;
+        assert_eq!(parse_rfc3339(&rfc3339(at)), Some(at));
+        assert_eq!(parse_rfc3339(" 2026-11-22T10:00:00+01:00 "), Some(1_795_338_000_000));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
 
     #[test]
     fn offset_clock_moves_forward() {
