@@ -5,7 +5,7 @@
 //! orders those stamps by commit, so "everything with `seq` above what the index holds" is
 //! exactly what the index is missing.
 
-use platform::store::{Migration, Tx};
+use platform::store::{Conditions, Migration, SqlValue, Tx};
 use sqlx::{AnyPool, FromRow};
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -576,53 +576,33 @@ pub async fn list_products(
     after: Option<(i64, String)>,
     limit: i64,
 ) -> Result<Vec<ProductRow>, sqlx::Error> {
-    enum Arg {
-        Int(i64),
-        Text(String),
-    }
-    let mut clauses: Vec<String> = vec!["deleted_at IS NULL".to_owned()];
-    let mut args: Vec<Arg> = Vec::new();
-    let arg = |args: &mut Vec<Arg>, value: Arg| {
-        args.push(value);
-        format!("${}", args.len())
-    };
+    let mut c = Conditions::default();
+    c.add("deleted_at IS NULL");
     match (&filter.seller_id, filter.all_statuses) {
         (Some(seller), _) => {
-            let p = arg(&mut args, Arg::Text(seller.clone()));
-            clauses.push(format!("seller_id = {p}"));
+            c.push("seller_id = ?", SqlValue::Text(seller.clone()));
         }
         (None, true) => {}
-        (None, false) => clauses.push("status = 'active'".to_owned()),
+        (None, false) => c.add("status = 'active'"),
     }
     if let Some(path) = &filter.category_path {
-        let p = arg(&mut args, Arg::Text(format!("{path}%")));
-        clauses.push(format!(
-            "category_id IN (SELECT id FROM categories WHERE path LIKE {p})"
-        ));
+        c.push(
+            "category_id IN (SELECT id FROM categories WHERE path LIKE ?)",
+            SqlValue::Text(format!("{path}%")),
+        );
     }
-    if !filter.brand_keys.is_empty() {
-        let list: Vec<String> = filter
-            .brand_keys
-            .iter()
-            .map(|b| arg(&mut args, Arg::Text(b.clone())))
-            .collect();
-        clauses.push(format!("brand_key IN ({})", list.join(", ")));
-    }
+    c.push_in("brand_key", filter.brand_keys.iter().map(|b| SqlValue::Text(b.clone())));
     if let Some(min) = filter.price_min {
-        let p = arg(&mut args, Arg::Int(min));
-        clauses.push(format!("price_min >= {p}"));
+        c.push("price_min >= ?", SqlValue::Int(min));
     }
     if let Some(max) = filter.price_max {
-        let p = arg(&mut args, Arg::Int(max));
-        clauses.push(format!("price_min <= {p}"));
+        c.push("price_min <= ?", SqlValue::Int(max));
     }
     if let Some(min) = filter.min_rating_x100 {
-        let p = arg(&mut args, Arg::Int(min));
-        clauses.push(format!("rating_x100 >= {p}"));
+        c.push("rating_x100 >= ?", SqlValue::Int(min));
     }
     if let Some(in_stock) = filter.in_stock {
-        let p = arg(&mut args, Arg::Int(i64::from(in_stock)));
-        clauses.push(format!("in_stock = {p}"));
+        c.push("in_stock = ?", SqlValue::Int(i64::from(in_stock)));
     }
     let column = order.column();
     let (cmp, dir) = if order.descending() {
@@ -631,23 +611,16 @@ pub async fn list_products(
         (">", "ASC")
     };
     if let Some((key, id)) = after {
-        let k = arg(&mut args, Arg::Int(key));
-        let i = arg(&mut args, Arg::Text(id));
-        clauses.push(format!("({column} {cmp} {k} OR ({column} = {k} AND id {cmp} {i}))"));
+        let k = c.bind(SqlValue::Int(key));
+        let i = c.bind(SqlValue::Text(id));
+        c.add(format!("({column} {cmp} {k} OR ({column} = {k} AND id {cmp} {i}))"));
     }
-    let l = arg(&mut args, Arg::Int(limit));
+    let l = c.bind(SqlValue::Int(limit));
     let sql = format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE {} ORDER BY {column} {dir}, id {dir} LIMIT {l}",
-        clauses.join(" AND ")
+        "SELECT {PRODUCT_COLUMNS} FROM products {} ORDER BY {column} {dir}, id {dir} LIMIT {l}",
+        c.where_sql()
     );
-    let mut query = sqlx::query_as(&sql);
-    for value in args {
-        query = match value {
-            Arg::Int(v) => query.bind(v),
-            Arg::Text(v) => query.bind(v),
-        };
-    }
-    query.fetch_all(pool).await
+    sqlx::query_as_with(&sql, c.into_arguments()).fetch_all(pool).await
 }
 
 // ----- reviews ------------------------------------------------------------------------------

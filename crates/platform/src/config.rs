@@ -49,6 +49,8 @@ pub struct Config {
     pub cart: CartConfig,
     pub orders: OrdersConfig,
     pub payments: PaymentsConfig,
+    pub notifications: NotificationsConfig,
+    pub delivery: DeliveryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +79,19 @@ pub struct RateLimitConfig {
     pub enabled: bool,
     pub per_user_per_minute: u32,
     pub per_ip_per_minute: u32,
+    /// Where the buckets live: `memory` (this process) or `redis` (shared by every replica).
+    pub store: RateLimitStore,
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key the limiter writes.
+    pub redis_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitStore {
+    Memory,
+    /// Token buckets in Redis, taken by one Lua script; requests pass while Redis is unreachable.
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +217,18 @@ pub struct PaymentsConfig {
     pub mock_late_ms: u64,
 }
 
+/// The services that own a relational database.
+pub const SERVICES_WITH_DATABASES: [&str; 8] = [
+    "identity",
+    "catalog",
+    "inventory",
+    "cart",
+    "orders",
+    "payments",
+    "notifications",
+    "delivery",
+];
+
 /// The development webhook secret; fine on one machine, refused in production.
 pub const DEV_WEBHOOK_SECRET: &str = "whsec_mercato_development_only";
 
@@ -218,6 +245,85 @@ impl Default for PaymentsConfig {
             mock_delay_ms: 0,
             mock_duplicate_webhooks: false,
             mock_late_ms: 0,
+        }
+    }
+}
+
+/// How email leaves Mercato.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailerKind {
+    /// `.eml` files under `<data dir>/mail` (one machine; refused in production).
+    File,
+    /// An SMTP server (`notifications.smtp_*`).
+    Smtp,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain text (a relay on the same host or network only).
+    None,
+    /// Upgrade with STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NotificationsConfig {
+    pub mailer: MailerKind,
+    /// The `From:` of every email.
+    pub from: String,
+    /// Where operational alerts (low stock) go.
+    pub operations_email: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_username: Option<String>,
+    #[serde(deserialize_with = "text_or_scalar")]
+    pub smtp_password: Option<String>,
+    pub smtp_tls: SmtpTls,
+    pub smtp_timeout_secs: u64,
+    /// The shop's name in emails.
+    pub shop_name: String,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            mailer: MailerKind::File,
+            from: "Mercato <no-reply@mercato.local>".to_owned(),
+            operations_email: "operations@mercato.local".to_owned(),
+            smtp_host: "localhost".to_owned(),
+            smtp_port: 587,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_timeout_secs: 10,
+            shop_name: "Mercato".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// Assign each new shipment to the least-loaded agent serving its city.
+    pub auto_assign: bool,
+    /// Wrong delivery codes before the code is locked (an admin issues a new one).
+    pub code_max_attempts: u32,
+    /// How often shipments still waiting for an agent are offered again.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            auto_assign: true,
+            code_max_attempts: 5,
+            sweep_interval_secs: 30,
         }
     }
 }
@@ -306,6 +412,8 @@ impl Default for Config {
             cart: CartConfig::default(),
             orders: OrdersConfig::default(),
             payments: PaymentsConfig::default(),
+            notifications: NotificationsConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -338,6 +446,9 @@ impl Default for RateLimitConfig {
             enabled: true,
             per_user_per_minute: 100,
             per_ip_per_minute: 300,
+            store: RateLimitStore::Memory,
+            redis_url: None,
+            redis_prefix: "mercato:".to_owned(),
         }
     }
 }
@@ -450,7 +561,13 @@ impl Config {
                     .to_owned(),
             );
         }
-        for service in ["identity", "catalog", "inventory", "cart", "orders", "payments"] {
+        if self.notifications.mailer == MailerKind::File {
+            problems.push(
+                "notifications.mailer is `file`; set MERCATO_NOTIFICATIONS__MAILER=smtp and MERCATO_NOTIFICATIONS__SMTP_HOST"
+                    .to_owned(),
+            );
+        }
+        for service in SERVICES_WITH_DATABASES {
             if self.database_url(service).starts_with("sqlite:") {
                 problems.push(format!(
                     "{service} uses SQLite; set MERCATO_DATABASE__URLS__{}",
@@ -549,9 +666,18 @@ mod tests {
                 && err.contains("MERCATO_DATABASE__URLS__INVENTORY")
                 && err.contains("MERCATO_CART__STORE=redis")
                 && err.contains("MERCATO_DATABASE__URLS__ORDERS")
-                && err.contains("MERCATO_PAYMENTS__WEBHOOK_SECRETS"),
+                && err.contains("MERCATO_PAYMENTS__WEBHOOK_SECRETS")
+                && err.contains("MERCATO_NOTIFICATIONS__MAILER=smtp")
+                && err.contains("MERCATO_DATABASE__URLS__NOTIFICATIONS")
+                && err.contains("MERCATO_DATABASE__URLS__DELIVERY"),
             "{err}"
         );
+        let mut smtp = Config {
+            profile: Profile::Production,
+            ..Config::default()
+        };
+        smtp.notifications.mailer = MailerKind::Smtp;
+        assert!(!smtp.check_production().unwrap_err().contains("NOTIFICATIONS__MAILER"));
         let mut redis_carts = Config {
             profile: Profile::Production,
             ..Config::default()

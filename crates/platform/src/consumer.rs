@@ -163,12 +163,13 @@ impl DeadLetter {
     }
 }
 
-/// Hides one-time secrets (reset and verification tokens) that some events carry to the
+/// Hides one-time secrets (reset and verification tokens, delivery codes) that some events carry to the
 /// notifications service: the dead-letter view is for diagnosis, not for taking accounts over.
 fn redact(mut event: serde_json::Value) -> serde_json::Value {
     if let Some(data) = event.get_mut("data").and_then(serde_json::Value::as_object_mut) {
         for (key, value) in data.iter_mut() {
-            if key == "token" || key.ends_with("_token") || key == "password" || key == "code" {
+            if key == "token" || key.ends_with("_token") || key == "password" || key == "code" || key == "delivery_code"
+            {
                 *value = serde_json::Value::String("[redacted]".to_owned());
             }
         }

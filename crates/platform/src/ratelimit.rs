@@ -10,6 +10,8 @@ use async_trait::async_trait;
 
 use crate::clock::SharedClock;
 
+pub mod redis_limiter;
+
 /// The answer to "may this key make one more request?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

@@ -26,6 +26,17 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The backend of an open connection or transaction (`None` for one Mercato does not use).
+    pub fn of(connection: &sqlx::AnyConnection) -> Option<Self> {
+        match connection.backend_name() {
+            "SQLite" => Some(Self::Sqlite),
+            "PostgreSQL" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
+}
+
 /// Pool sizes and timeouts.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -252,6 +263,81 @@ pub fn placeholders(first: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A value bound to a query built at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    Text(String),
+    Int(i64),
+}
+
+/// The conditions of a filtered list, added one at a time with their values, which are
+/// numbered `$1, $2, …` in the order they are bound.
+///
+/// ```
+/// # use platform::store::{Conditions, SqlValue};
+/// let mut c = Conditions::default();
+/// c.push("status = ?", SqlValue::Text("paid".into()));
+/// let id = c.bind(SqlValue::Text("0190".into()));
+/// c.add(format!("id < {id}"));
+/// let limit = c.bind(SqlValue::Int(20));
+/// assert_eq!(format!("{} LIMIT {limit}", c.where_sql()), "WHERE status = $1 AND id < $2 LIMIT $3");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    clauses: Vec<String>,
+    values: Vec<SqlValue>,
+}
+
+impl Conditions {
+    /// Binds `value` and answers its placeholder, for a condition (or a `LIMIT`) written by hand.
+    pub fn bind(&mut self, value: SqlValue) -> String {
+        self.values.push(value);
+        format!("${}", self.values.len())
+    }
+
+    /// Adds a condition that binds nothing, or whose placeholders came from [`Self::bind`].
+    pub fn add(&mut self, clause: impl Into<String>) {
+        self.clauses.push(clause.into());
+    }
+
+    /// Adds `clause`, whose one `?` stands for `value`.
+    pub fn push(&mut self, clause: &str, value: SqlValue) {
+        let placeholder = self.bind(value);
+        self.add(clause.replacen('?', &placeholder, 1));
+    }
+
+    /// `column IN (…)` over `values`; nothing when there are none.
+    pub fn push_in(&mut self, column: &str, values: impl IntoIterator<Item = SqlValue>) {
+        let marks: Vec<String> = values.into_iter().map(|v| self.bind(v)).collect();
+        if !marks.is_empty() {
+            self.add(format!("{column} IN ({})", marks.join(", ")));
+        }
+    }
+
+    /// `WHERE a AND b …`, or nothing when no condition was added.
+    pub fn where_sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    /// The bound values, for `sqlx::query_as_with`.
+    pub fn into_arguments(self) -> sqlx::any::AnyArguments<'static> {
+        use sqlx::Arguments;
+        let mut arguments = sqlx::any::AnyArguments::default();
+        for value in self.values {
+            // Adding a String or an i64 to `Any` arguments cannot fail.
+            let _ = match value {
+                SqlValue::Text(v) => arguments.add(v),
+                SqlValue::Int(v) => arguments.add(v),
+            };
+        }
+        arguments
+    }
 }
 
 /// Written in a migration where an auto-incrementing 64-bit key is wanted; each engine gets its

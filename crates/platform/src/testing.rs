@@ -112,3 +112,73 @@ async fn execute_on_server(url: &str, sql: &str) -> anyhow::Result<()> {
     result?;
     Ok(())
 }
+
+/// Access tokens for a service's tests without identity: a fresh Ed25519 key, a verifier that
+/// trusts it (issuer and audience `mercato`), and tokens it signs for any user and role.
+pub struct TestTokens {
+    key: jsonwebtoken::EncodingKey,
+    verifier: std::sync::Arc<crate::auth::TokenVerifier>,
+}
+
+struct StaticJwks(crate::auth::Jwk);
+
+#[async_trait::async_trait]
+impl crate::auth::JwksSource for StaticJwks {
+    async fn fetch(&self) -> anyhow::Result<crate::auth::JwkSet> {
+        Ok(crate::auth::JwkSet {
+            keys: vec![self.0.clone()],
+        })
+    }
+}
+
+impl Default for TestTokens {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestTokens {
+    pub fn new() -> Self {
+        use base64::Engine;
+        use ring::signature::{Ed25519KeyPair, KeyPair};
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("an Ed25519 key");
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("the key just made");
+        let jwk = crate::auth::Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+            kid: "test".into(),
+            alg: "EdDSA".into(),
+            use_: "sig".into(),
+        };
+        Self {
+            key: jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+            verifier: std::sync::Arc::new(crate::auth::TokenVerifier::new(
+                std::sync::Arc::new(StaticJwks(jwk)),
+                "mercato",
+                "mercato",
+            )),
+        }
+    }
+
+    pub fn verifier(&self) -> std::sync::Arc<crate::auth::TokenVerifier> {
+        self.verifier.clone()
+    }
+
+    /// A token for `user` in `role`, valid for ten minutes.
+    pub fn token(&self, user: &str, role: crate::auth::Role) -> String {
+        let now = crate::clock::now_ms() / 1000;
+        let claims = crate::auth::Claims {
+            iss: "mercato".into(),
+            aud: "mercato".into(),
+            sub: user.to_owned(),
+            role,
+            iat: now,
+            exp: now + 600,
+            sid: "session".into(),
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("test".into());
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("claims serialize")
+    }
+}

@@ -40,6 +40,7 @@ pub struct LogBus {
     db: Db,
     appended: Arc<Notify>,
     groups: Arc<Mutex<HashSet<String>>>,
+    watchers: Arc<Mutex<Vec<super::Watcher>>>,
     cancel: CancellationToken,
 }
 
@@ -51,6 +52,7 @@ impl LogBus {
             db,
             appended: Arc::new(Notify::new()),
             groups: Arc::default(),
+            watchers: Arc::default(),
             cancel,
         })
     }
@@ -229,6 +231,29 @@ impl Bus for LogBus {
         .execute(self.db.writer())
         .await?;
         self.appended.notify_waiters();
+        // The log lives in this process, so every publish to it is one this process can hand to
+        // its watchers directly.
+        let watchers: Vec<super::Watcher> = self
+            .watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|w| w.wants(&event.kind))
+            .cloned()
+            .collect();
+        for watcher in watchers {
+            if let Err(err) = watcher.handler.deliver(event).await {
+                tracing::debug!(event_type = %event.kind, error = %format!("{err:#}"), "a watcher failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn watch(&self, types: Vec<String>, handler: Arc<dyn super::Delivery>) -> anyhow::Result<()> {
+        self.watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(super::Watcher { types, handler });
         Ok(())
     }
 

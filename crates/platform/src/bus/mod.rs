@@ -22,8 +22,34 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// its handler, until the bus's cancellation token fires. One subscription per group.
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()>;
 
+    /// Hands this process every event whose type is in `types` (or all, for `*`) published
+    /// from now on, as it is published: best effort (an event may be missed, or handed over
+    /// twice when it was published twice), with no retries, no stored position and nothing
+    /// replayed, and every process that watches gets each event. For wake-ups (live
+    /// streams), never for effects that must happen. `deliver` must return quickly.
+    async fn watch(&self, types: Vec<String>, handler: Arc<dyn Delivery>) -> anyhow::Result<()>;
+
     /// Readiness: can the bus take a publish now?
     async fn ping(&self) -> anyhow::Result<()>;
+}
+
+/// What one process watches on a bus ([`Bus::watch`]).
+#[derive(Clone)]
+pub(crate) struct Watcher {
+    pub types: Vec<String>,
+    pub handler: Arc<dyn Delivery>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").field("types", &self.types).finish()
+    }
+}
+
+impl Watcher {
+    pub fn wants(&self, kind: &str) -> bool {
+        self.types.iter().any(|t| t == "*" || t == kind)
+    }
 }
 
 /// What a consumer group wants and who handles it.

@@ -199,6 +199,48 @@ impl Bus for NatsBus {
         Ok(())
     }
 
+    /// A core NATS subscription per watched subject: JetStream's publishes are ordinary NATS
+    /// messages too, so every process that subscribes receives each one live, and nothing is
+    /// stored for it.
+    async fn watch(&self, types: Vec<String>, handler: Arc<dyn super::Delivery>) -> anyhow::Result<()> {
+        let subjects: Vec<String> = if types.iter().any(|t| t == "*") {
+            vec![format!("{}.>", self.config.subject_prefix)]
+        } else {
+            types.iter().map(|t| self.subject(t)).collect()
+        };
+        for subject in subjects {
+            let mut subscriber = self
+                .client
+                .subscribe(subject.clone())
+                .await
+                .with_context(|| format!("cannot watch {subject}"))?;
+            let (handler, cancel) = (handler.clone(), self.cancel.clone());
+            tokio::spawn(async move {
+                loop {
+                    let message = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        message = subscriber.next() => message,
+                    };
+                    let Some(message) = message else { return };
+                    let event = match std::str::from_utf8(&message.payload)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|raw| Ok(Event::from_json(raw)?))
+                    {
+                        Ok(event) => event,
+                        Err(err) => {
+                            tracing::debug!(%subject, error = %err, "unreadable event on a watched subject");
+                            continue;
+                        }
+                    };
+                    if let Err(err) = handler.deliver(&event).await {
+                        tracing::debug!(%subject, error = %format!("{err:#}"), "a watcher failed");
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.client.connection_state() == async_nats::connection::State::Connected,

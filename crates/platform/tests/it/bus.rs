@@ -36,6 +36,7 @@ macro_rules! bus_suite {
                 failing_event_is_tried_max_attempts_times_then_dead_lettered,
                 replayed_dead_letter_is_applied_once_and_cannot_be_replayed_again,
                 redelivered_event_is_applied_once,
+                watchers_get_each_event_published_after_they_watch,
             );
         }
     };
@@ -225,6 +226,52 @@ async fn dead_lettered(dead_letters: &DeadLetters) -> Vec<DeadLetter> {
     })
     .await
     .expect("the failing event was not dead-lettered in time")
+}
+
+/// A watcher that keeps what it is handed.
+#[derive(Default)]
+struct Seen(Mutex<Vec<Event>>);
+
+#[async_trait]
+impl Delivery for Seen {
+    async fn deliver(&self, event: &Event) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+
+    async fn dead_letter(&self, _event: &Event, _error: &str, _attempts: u32) -> anyhow::Result<()> {
+        anyhow::bail!("watchers never dead-letter")
+    }
+}
+
+impl Seen {
+    async fn when(&self, n: usize) -> Vec<Event> {
+        eventually(DEADLINE, || async {
+            let seen = self.0.lock().unwrap().clone();
+            (seen.len() >= n).then_some(seen)
+        })
+        .await
+        .unwrap_or_else(|| self.0.lock().unwrap().clone())
+    }
+}
+
+async fn watchers_get_each_event_published_after_they_watch(bus: BusFixture) -> anyhow::Result<()> {
+    let before = event("user.registered", 0);
+    bus.bus.publish(&before).await?;
+    // Two watchers, as two processes would be: each gets every event it watches.
+    let registrations = Arc::new(Seen::default());
+    let everything = Arc::new(Seen::default());
+    bus.bus
+        .watch(vec!["user.registered".to_owned()], registrations.clone())
+        .await?;
+    bus.bus.watch(vec!["*".to_owned()], everything.clone()).await?;
+    let (registered, paid) = (event("user.registered", 1), event("order.paid", 2));
+    bus.bus.publish(&registered).await?;
+    bus.bus.publish(&paid).await?;
+    let all = everything.when(2).await;
+    assert_eq!(all, [registered.clone(), paid], "nothing from before the watch");
+    assert_eq!(registrations.when(1).await, [registered], "only the watched types");
+    Ok(())
 }
 
 async fn published_event_reaches_the_subscribed_group(bus: BusFixture) -> anyhow::Result<()> {

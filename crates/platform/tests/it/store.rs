@@ -31,6 +31,8 @@ macro_rules! store_suite {
                 failed_handler_records_nothing_so_the_retry_applies_the_event,
                 committed_outbox_events_are_published_in_order_and_removed,
                 rolled_back_outbox_event_is_never_published,
+                a_transaction_knows_its_backend,
+                filtered_lists_bind_their_values_in_order,
             );
         }
     };
@@ -554,4 +556,36 @@ async fn rolled_back_outbox_event_is_never_published(db: Db) -> anyhow::Result<(
     .await;
     assert!(drained.is_some(), "the marker's row leaves the outbox");
     relay.stop().await
+}
+
+async fn a_transaction_knows_its_backend(db: Db) -> anyhow::Result<()> {
+    let tx = db.begin().await?;
+    anyhow::ensure!(
+        platform::store::Backend::of(&tx) == Some(db.backend()),
+        "{} is not {:?}",
+        tx.backend_name(),
+        db.backend()
+    );
+    tx.rollback().await?;
+    Ok(())
+}
+
+async fn filtered_lists_bind_their_values_in_order(db: Db) -> anyhow::Result<()> {
+    use platform::store::{Conditions, SqlValue};
+    let mut tx = db.begin().await?;
+    for (id, name) in [("w1", "alpha"), ("w2", "beta"), ("w3", "gamma"), ("w4", "delta")] {
+        insert_widget(&mut tx, id, name).await?;
+    }
+    tx.commit().await?;
+    let mut c = Conditions::default();
+    c.push("name <> ?", SqlValue::Text("beta".to_owned()));
+    c.push_in("id", ["w1", "w2", "w4"].map(|id| SqlValue::Text(id.to_owned())));
+    c.push_in("id", std::iter::empty());
+    let limit = c.bind(SqlValue::Int(5));
+    let sql = format!("SELECT id FROM widgets {} ORDER BY id LIMIT {limit}", c.where_sql());
+    let ids: Vec<String> = sqlx::query_scalar_with(&sql, c.into_arguments())
+        .fetch_all(db.reader())
+        .await?;
+    anyhow::ensure!(ids == ["w1", "w4"], "{ids:?}");
+    Ok(())
 }
