@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Extension, Router};
@@ -33,6 +34,8 @@ pub fn router(orders: Arc<Orders>, verifier: Arc<TokenVerifier>) -> Router {
         .route("/api/v1/orders", get(my_orders))
         .route("/api/v1/orders/{id}", get(get_order))
         .route("/api/v1/orders/{id}/timeline", get(timeline))
+        .route("/api/v1/orders/{id}/events", get(order_events))
+        .route("/api/v1/admin/orders/live", get(admin_live_orders))
         .route("/api/v1/orders/{id}/cancel", post(cancel))
         .route("/api/v1/orders/{id}/returns", get(order_returns).post(request_return))
         .route("/api/v1/seller/orders", get(seller_orders))
@@ -55,7 +58,7 @@ pub fn router(orders: Arc<Orders>, verifier: Arc<TokenVerifier>) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(checkout, my_orders, get_order, timeline, cancel, request_return, order_returns, seller_orders,
+    paths(checkout, my_orders, get_order, timeline, order_events, admin_live_orders, cancel, request_return, order_returns, seller_orders,
           admin_orders, admin_order, set_status, list_coupons, create_coupon, get_coupon, update_coupon,
           delete_coupon, list_returns, get_return, approve_return, reject_return, receive_return),
     components(schemas(CheckoutRequest, CheckoutResponse, Address, OrderView, OrderItem, OrderStatus, Totals,
@@ -153,6 +156,52 @@ async fn timeline(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<TimelineView>>> {
     Ok(Json(orders.timeline(id, user.id, user.is_admin()).await?))
+}
+
+fn last_event_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("last-event-id").and_then(|v| v.to_str().ok())
+}
+
+/// The order's changes as Server-Sent Events (its owner or an admin): every timeline entry
+/// (`event:` is its kind: `created`, `status`, `payment`, `shipment`, …; `id:` its sequence
+/// number), then each new one as it happens. Reconnect with `Last-Event-ID` to resume after
+/// the last one seen. The stream ends when the order reaches a final status (cancelled,
+/// payment failed, refunded) and after 15 minutes; a reconnect to a final order with nothing
+/// new is a 204. At most 5 streams per user at once (429).
+#[utoipa::path(get, path = "/api/v1/orders/{id}/events", tag = "orders", security(("bearer" = [])),
+    params(("id" = Uuid, Path),
+           ("Last-Event-ID" = Option<String>, Header, description = "resume after this entry")),
+    responses((status = 200, content_type = "text/event-stream", description = "a stream of timeline entries"),
+              (status = 204, description = "the order is final and nothing came after `Last-Event-ID`"),
+              (status = 404, body = Problem), (status = 422, body = Problem),
+              (status = 429, body = Problem, description = "too many open streams")))]
+async fn order_events(
+    State(orders): State<Arc<Orders>>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let after = crate::live::timeline_position(last_event_id(&headers))?;
+    match orders.follow(id, user.id, user.is_admin(), after).await? {
+        Some(stream) => Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// New orders as they are placed, as Server-Sent Events (`event: order`, `id:` the order id).
+/// Reconnect with `Last-Event-ID` to receive the orders placed since (up to a hundred).
+#[utoipa::path(get, path = "/api/v1/admin/orders/live", tag = "orders", security(("bearer" = [])),
+    params(("Last-Event-ID" = Option<String>, Header, description = "resume after this order")),
+    responses((status = 200, content_type = "text/event-stream", description = "a stream of new orders"),
+              (status = 422, body = Problem)))]
+async fn admin_live_orders(
+    State(orders): State<Arc<Orders>>,
+    Admin(admin): Admin,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let after = crate::live::order_position(last_event_id(&headers))?;
+    let stream = orders.new_orders(admin.id, after).await?;
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -486,22 +486,11 @@ impl Orders {
                 "another request took this Idempotency-Key over; look up your orders before retrying".to_owned(),
             )));
         }
-        let reserved: Vec<serde_json::Value> = line_rows
-            .iter()
-            .map(|l| {
-                json!({"sku": l.sku, "product_id": l.product_id, "seller_id": l.seller_id,
-                       "quantity": l.quantity, "unit_price_minor": l.unit_price_minor})
-            })
-            .collect();
         Self::emit(
             &mut tx,
             crate::service::CREATED,
             &id,
-            json!({
-                "order_id": id, "number": row.number, "user_id": user_id, "total_minor": totals.total,
-                "currency": row.currency, "payment_method": row.payment_method, "items": reserved,
-                "coupon_code": row.coupon_code,
-            }),
+            crate::service::event_data(&row, &line_rows),
             correlation_id,
         )
         .await?;

@@ -96,10 +96,13 @@ pub enum Trigger {
     /// The returned items were refunded, and the order still holds others (which may be
     /// returned later, within the window).
     PartRefund,
+    /// The carrier gave up and brought the parcel back: the order ends as cancelled, so its
+    /// stock goes back and a captured payment is refunded (as for any cancellation).
+    ReturnedToSender,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 14] = [
+    pub const ALL: [Trigger; 15] = [
         Self::PaymentSucceeded,
         Self::PaymentFailed,
         Self::CashOnDeliveryConfirmed,
@@ -114,6 +117,7 @@ impl Trigger {
         Self::ReceiveReturn,
         Self::Refund,
         Self::PartRefund,
+        Self::ReturnedToSender,
     ];
 }
 
@@ -190,6 +194,10 @@ pub fn next(from: OrderStatus, trigger: Trigger) -> Step {
 
         (S::Returned, T::PartRefund) => Step::Move(S::Delivered),
         (_, T::PartRefund) => Step::Refuse("only a returned order is refunded this way"),
+
+        (S::Shipped | S::OutForDelivery, T::ReturnedToSender) => Step::Move(S::Cancelled),
+        (S::Cancelled, T::ReturnedToSender) => Step::Stay,
+        (_, T::ReturnedToSender) => Step::Refuse("only a shipped order comes back to the sender"),
     }
 }
 
@@ -433,6 +441,8 @@ mod tests {
         (S::ReturnRequested, T::ReceiveReturn, S::Returned),
         (S::Returned, T::Refund, S::Refunded),
         (S::Returned, T::PartRefund, S::Delivered),
+        (S::Shipped, T::ReturnedToSender, S::Cancelled),
+        (S::OutForDelivery, T::ReturnedToSender, S::Cancelled),
     ];
 
     /// Triggers that come from outside (events that may arrive late or twice): never an error.

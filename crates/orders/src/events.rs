@@ -189,3 +189,137 @@ impl EventHandler for ReservationExpiry {
         Ok(())
     }
 }
+
+pub const SHIPMENT_PICKED_UP: &str = "shipment.picked_up";
+pub const SHIPMENT_IN_TRANSIT: &str = "shipment.in_transit";
+pub const SHIPMENT_OUT_FOR_DELIVERY: &str = "shipment.out_for_delivery";
+pub const SHIPMENT_DELIVERED: &str = "shipment.delivered";
+pub const SHIPMENT_FAILED_ATTEMPT: &str = "shipment.failed_attempt";
+pub const SHIPMENT_RESCHEDULED: &str = "shipment.rescheduled";
+pub const SHIPMENT_RETURNED_TO_SENDER: &str = "shipment.returned_to_sender";
+/// The parcel is back at the warehouse (an admin confirmed it).
+pub const SHIPMENT_RETURNED: &str = "shipment.returned";
+pub const SHIPMENT_ASSIGNED: &str = "shipment.assigned";
+/// The order was cancelled while the parcel was on its way: it goes back.
+pub const SHIPMENT_RECALLED: &str = "shipment.recalled";
+/// What the delivery service tells orders about a parcel.
+pub const SHIPMENT_EVENTS: &[&str] = &[
+    SHIPMENT_ASSIGNED,
+    SHIPMENT_PICKED_UP,
+    SHIPMENT_IN_TRANSIT,
+    SHIPMENT_OUT_FOR_DELIVERY,
+    SHIPMENT_DELIVERED,
+    SHIPMENT_FAILED_ATTEMPT,
+    SHIPMENT_RESCHEDULED,
+    SHIPMENT_RETURNED_TO_SENDER,
+    SHIPMENT_RETURNED,
+    SHIPMENT_RECALLED,
+];
+
+#[derive(Deserialize)]
+struct ShipmentData {
+    order_id: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// shipment.* events move the order: picked up → `shipped`, out for delivery, delivered (which
+/// in turn makes payments collect a cash-on-delivery payment), back at the warehouse
+/// (`shipment.returned`, confirmed by an admin) → `cancelled` (stock back, money back). The
+/// steps that change no status (assigned, in transit, a failed attempt, rescheduled, on its way
+/// back to the sender, recalled), and steps the order's status no longer allows, are noted on
+/// the timeline.
+pub struct ShipmentProgress {
+    pub orders: Arc<Orders>,
+}
+
+impl ShipmentProgress {
+    fn trigger(kind: &str) -> Option<Trigger> {
+        match kind {
+            SHIPMENT_PICKED_UP => Some(Trigger::Ship),
+            SHIPMENT_OUT_FOR_DELIVERY => Some(Trigger::OutForDelivery),
+            SHIPMENT_DELIVERED => Some(Trigger::Deliver),
+            SHIPMENT_RETURNED => Some(Trigger::ReturnedToSender),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for ShipmentProgress {
+    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
+        let Some(trigger) = Self::trigger(&event.kind) else {
+            return Ok(());
+        };
+        let data: ShipmentData = event.data_as()?;
+        let reason = data
+            .note
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or(&event.kind);
+        match self
+            .orders
+            .apply(
+                &data.order_id,
+                trigger,
+                &Actor::Service("delivery"),
+                Some(reason),
+                None,
+                event.correlationid.as_deref(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ApiError::NotFound(_)) => {
+                tracing::warn!(order_id = %data.order_id, event = %event.kind, "shipment event for an unknown order");
+                Ok(())
+            }
+            // The order went elsewhere (an admin moved it, or it was cancelled): the parcel's
+            // step is noted on the timeline instead, in `handle`; retrying would not help.
+            Err(ApiError::Conflict(why)) => {
+                tracing::warn!(order_id = %data.order_id, event = %event.kind, %why, "shipment step does not move the order");
+                Ok(())
+            }
+            Err(err) => Err(as_anyhow(err)),
+        }
+    }
+
+    async fn handle(&self, tx: &mut Tx, event: &Event) -> anyhow::Result<()> {
+        let data: ShipmentData = event.data_as()?;
+        let Some(order) = store::order(&mut **tx, &data.order_id).await? else {
+            return Ok(());
+        };
+        let step = event.kind.trim_start_matches("shipment.").replace('_', " ");
+        let mut text = match data.note.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            Some(note) => format!("shipment {step}: {note}"),
+            None => format!("shipment {step}"),
+        };
+        if let Some(trigger) = Self::trigger(&event.kind) {
+            // `prepare` applied it, and the status change wrote its own entry, unless the
+            // order's status does not allow the step.
+            let Some(status) = OrderStatus::parse(&order.status) else {
+                return Ok(());
+            };
+            match crate::domain::next(status, trigger) {
+                crate::domain::Step::Refuse(why) => {
+                    text = format!("{text} (the order stays {}: {why})", status.as_str())
+                }
+                _ => return Ok(()),
+            }
+        }
+        store::append_timeline(
+            tx,
+            TimelineEntry {
+                order_id: &data.order_id,
+                at: platform::clock::now_ms(),
+                kind: "shipment",
+                from_status: None,
+                to_status: None,
+                actor: "delivery",
+                reason: Some(&text),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}

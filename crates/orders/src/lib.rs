@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod coupons;
 pub mod domain;
 pub mod events;
+pub mod live;
 pub mod returns;
 pub mod service;
 pub mod store;

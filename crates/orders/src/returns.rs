@@ -212,7 +212,8 @@ impl Orders {
             &order.id,
             json!({
                 "return_id": id, "order_id": order.id, "number": order.number, "user_id": order.user_id,
-                "reason": reason, "refund_minor": row.refund_minor,
+                "status": ReturnStatus::Requested.as_str(), "reason": reason, "refund_minor": row.refund_minor,
+                "currency": order.currency,
                 "lines": return_lines.iter().map(|l| json!({"sku": l.sku, "quantity": l.quantity})).collect::<Vec<_>>(),
             }),
             correlation_id,
@@ -383,7 +384,7 @@ impl Orders {
             &order.id,
             json!({
                 "return_id": row.id, "order_id": order.id, "number": order.number, "user_id": order.user_id,
-                "status": to.as_str(), "note": note, "refund_minor": row.refund_minor,
+                "status": to.as_str(), "note": note, "refund_minor": row.refund_minor, "currency": order.currency,
                 "lines": lines.iter().map(|l| json!({"sku": l.sku, "quantity": l.quantity})).collect::<Vec<_>>(),
             }),
             correlation_id,
@@ -422,6 +423,8 @@ impl Orders {
                 )
                 .await?;
         }
+        let order = self.row(&row.order_id).await?;
+        let returned = store::return_lines(self.db.reader(), std::slice::from_ref(&row.id)).await?;
         let now = self.now();
         let mut tx = self.db.begin().await?;
         if store::set_return_status(
@@ -438,7 +441,12 @@ impl Orders {
                 &mut tx,
                 RETURN_REFUNDED,
                 &row.order_id,
-                json!({"return_id": row.id, "order_id": row.order_id, "user_id": row.user_id, "refund_minor": row.refund_minor}),
+                json!({
+                    "return_id": row.id, "order_id": row.order_id, "number": order.number, "user_id": row.user_id,
+                    "status": ReturnStatus::Refunded.as_str(), "refund_minor": row.refund_minor,
+                    "currency": order.currency,
+                    "lines": returned.iter().map(|l| json!({"sku": l.sku, "quantity": l.quantity})).collect::<Vec<_>>(),
+                }),
                 correlation_id,
             )
             .await?;

@@ -31,9 +31,31 @@ pub const CONFIRMED: &str = "order.confirmed";
 pub const CANCELLED: &str = "order.cancelled";
 pub const PAYMENT_FAILED: &str = "order.payment_failed";
 pub const SHIPPED: &str = "order.shipped";
+pub const OUT_FOR_DELIVERY: &str = "order.out_for_delivery";
 pub const DELIVERED: &str = "order.delivered";
 /// Every status change, whatever else it announces.
 pub const STATUS_CHANGED: &str = "order.status_changed";
+
+/// What every order event carries: the order as it stands (lines with names and prices,
+/// totals, the address snapshot), so consumers such as notifications and delivery need not
+/// call back. Status events add `status`, `previous_status`, `reason` and `actor`.
+pub(crate) fn event_data(row: &OrderRow, lines: &[LineRow]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| {
+            json!({"sku": l.sku, "product_id": l.product_id, "seller_id": l.seller_id, "name": l.name,
+                   "quantity": l.quantity, "unit_price_minor": l.unit_price_minor})
+        })
+        .collect();
+    let address = serde_json::from_str::<serde_json::Value>(&row.shipping_address).unwrap_or(serde_json::Value::Null);
+    json!({
+        "order_id": row.id, "number": row.number, "user_id": row.user_id, "status": row.status,
+        "customer_email": row.customer_email, "payment_method": row.payment_method, "currency": row.currency,
+        "subtotal_minor": row.subtotal_minor, "discount_minor": row.discount_minor,
+        "shipping_minor": row.shipping_minor, "tax_minor": row.tax_minor, "total_minor": row.total_minor,
+        "coupon_code": row.coupon_code, "items": items, "shipping_address": address,
+    })
+}
 
 // ----- the services orders calls -------------------------------------------------------------
 
@@ -402,6 +424,7 @@ pub struct Orders {
     pub(crate) clock: SharedClock,
     pub(crate) settings: Settings,
     pub(crate) clients: Clients,
+    pub(crate) live: crate::live::LiveHub,
 }
 
 impl Orders {
@@ -412,7 +435,13 @@ impl Orders {
             clock,
             settings,
             clients,
+            live: crate::live::LiveHub::default(),
         }
+    }
+
+    /// Wakes this process's live streams; subscribe it to [`crate::live::LIVE_EVENTS`].
+    pub fn live(&self) -> &crate::live::LiveHub {
+        &self.live
     }
 
     pub fn db(&self) -> &Db {
@@ -614,27 +643,19 @@ impl Orders {
         if matches!(to, OrderStatus::Cancelled | OrderStatus::PaymentFailed) {
             store::release_coupon_use(tx, &row.id, now).await?;
         }
-        let items: Vec<serde_json::Value> = store::lines_of_tx(tx, &row.id)
-            .await?
-            .into_iter()
-            .map(|l| {
-                json!({"sku": l.sku, "product_id": l.product_id, "seller_id": l.seller_id,
-                       "quantity": l.quantity, "unit_price_minor": l.unit_price_minor})
-            })
-            .collect();
-        let data = json!({
-            "order_id": row.id, "number": row.number, "user_id": row.user_id,
-            "status": to.as_str(), "previous_status": from.as_str(), "reason": reason,
-            "actor": actor_label, "total_minor": row.total_minor, "currency": row.currency,
-            "payment_method": row.payment_method, "customer_email": row.customer_email,
-            "items": items,
-        });
+        let lines = store::lines_of_tx(tx, &row.id).await?;
+        let mut data = event_data(row, &lines);
+        data["status"] = json!(to.as_str());
+        data["previous_status"] = json!(from.as_str());
+        data["reason"] = json!(reason);
+        data["actor"] = json!(actor_label);
         let announced = match (to, trigger) {
             (OrderStatus::Paid, _) => Some(PAID),
             (OrderStatus::Processing, Trigger::CashOnDeliveryConfirmed) => Some(CONFIRMED),
             (OrderStatus::Cancelled, _) => Some(CANCELLED),
             (OrderStatus::PaymentFailed, _) => Some(PAYMENT_FAILED),
             (OrderStatus::Shipped, _) => Some(SHIPPED),
+            (OrderStatus::OutForDelivery, _) => Some(OUT_FOR_DELIVERY),
             (OrderStatus::Delivered, Trigger::Deliver) => Some(DELIVERED),
             _ => None,
         };

@@ -2,9 +2,8 @@
 //! number sequence, idempotency keys with their stored responses, coupons with their usage
 //! counters, and returns. Every status change is a compare-and-set on the current status.
 
-use platform::store::{placeholders, Migration, Tx};
-use sqlx::any::AnyArguments;
-use sqlx::{AnyPool, Arguments, FromRow};
+use platform::store::{placeholders, Backend, Conditions, Migration, SqlValue, Tx};
+use sqlx::{AnyPool, FromRow};
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -276,6 +275,15 @@ pub struct TimelineEntry<'a> {
 }
 
 pub async fn append_timeline(tx: &mut Tx, e: TimelineEntry<'_>) -> Result<(), sqlx::Error> {
+    // PostgreSQL's sequences hand out numbers before commit: hold the order's row first, so
+    // an order's entries are numbered in commit order and a live stream that has sent entry n
+    // never meets an n - 1 committed later. (SQLite has one writer: commit order already.)
+    if Backend::of(tx) == Some(Backend::Postgres) {
+        sqlx::query("UPDATE orders SET version = version WHERE id = $1")
+            .bind(e.order_id)
+            .execute(&mut **tx)
+            .await?;
+    }
     sqlx::query(
         "INSERT INTO order_timeline (order_id, at, kind, from_status, to_status, actor, reason)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -299,6 +307,24 @@ where
     sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
         .bind(id)
         .fetch_optional(executor)
+        .await
+}
+
+/// Orders placed after `after` (ids are UUIDv7, so in time order), oldest first.
+pub async fn orders_after(pool: &AnyPool, after: &str, limit: i64) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id > $1 ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The id of the newest order, if any.
+pub async fn newest_order_id(pool: &AnyPool) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM orders ORDER BY id DESC LIMIT 1")
+        .fetch_optional(pool)
         .await
 }
 
@@ -391,23 +417,6 @@ pub struct OrderFilter {
     pub seller_id: Option<String>,
 }
 
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
-fn bind_all(args: Vec<Arg>) -> AnyArguments<'static> {
-    let mut out = AnyArguments::default();
-    for arg in args {
-        // Adding a String or i64 to Any arguments cannot fail.
-        let _ = match arg {
-            Arg::Text(v) => out.add(v),
-            Arg::Int(v) => out.add(v),
-        };
-    }
-    out
-}
-
 /// Newest first, after the cursor `after` (an order id), up to `limit` rows.
 pub async fn list_orders(
     pool: &AnyPool,
@@ -415,45 +424,37 @@ pub async fn list_orders(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    let mut clauses = Vec::new();
-    let mut args = Vec::new();
-    let mut push = |clause: &str, arg: Arg| {
-        args.push(arg);
-        clauses.push(clause.replace('?', &format!("${}", args.len())));
-    };
+    let mut c = Conditions::default();
     if let Some(v) = &filter.user_id {
-        push("user_id = ?", Arg::Text(v.clone()));
+        c.push("user_id = ?", SqlValue::Text(v.clone()));
     }
     if let Some(v) = &filter.status {
-        push("status = ?", Arg::Text(v.clone()));
+        c.push("status = ?", SqlValue::Text(v.clone()));
     }
     if let Some(v) = &filter.customer_email {
-        push("LOWER(customer_email) = ?", Arg::Text(v.to_lowercase()));
+        c.push("LOWER(customer_email) = ?", SqlValue::Text(v.to_lowercase()));
     }
     if let Some(v) = filter.created_from {
-        push("created_at >= ?", Arg::Int(v));
+        c.push("created_at >= ?", SqlValue::Int(v));
     }
     if let Some(v) = filter.created_to {
-        push("created_at < ?", Arg::Int(v));
+        c.push("created_at < ?", SqlValue::Int(v));
     }
     if let Some(v) = &filter.seller_id {
-        push(
+        c.push(
             "id IN (SELECT order_id FROM order_lines WHERE seller_id = ?)",
-            Arg::Text(v.clone()),
+            SqlValue::Text(v.clone()),
         );
     }
     if let Some(v) = after {
-        push("id < ?", Arg::Text(v.to_owned()));
+        c.push("id < ?", SqlValue::Text(v.to_owned()));
     }
-    let limit_at = args.len() + 1;
-    args.push(Arg::Int(limit));
-    let filter_sql = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders {filter_sql} ORDER BY id DESC LIMIT ${limit_at}");
-    sqlx::query_as_with(&sql, bind_all(args)).fetch_all(pool).await
+    let limit = c.bind(SqlValue::Int(limit));
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders {} ORDER BY id DESC LIMIT {limit}",
+        c.where_sql()
+    );
+    sqlx::query_as_with(&sql, c.into_arguments()).fetch_all(pool).await
 }
 
 /// Lines of `seller_id` in these orders.

@@ -656,7 +656,8 @@ impl Payments {
         let after = store::capture(tx, &payment.id, amount, captured_at, owed, now).await?;
         if after.auto_refund_reason.is_none() {
             let data = json!({
-                "payment_id": after.id, "order_id": after.order_id, "user_id": after.user_id,
+                "payment_id": after.id, "order_id": after.order_id, "order_number": after.order_number,
+                "user_id": after.user_id,
                 "method": after.method, "amount_minor": after.captured_minor, "currency": after.currency,
                 "reference": after.reference,
             });
@@ -678,7 +679,8 @@ impl Payments {
         let reason: String = reason.chars().take(500).collect();
         let after = store::set_status(tx, &payment.id, PaymentStatus::Failed.as_str(), Some(&reason), now).await?;
         let data = json!({
-            "payment_id": after.id, "order_id": after.order_id, "user_id": after.user_id,
+            "payment_id": after.id, "order_id": after.order_id, "order_number": after.order_number,
+                "user_id": after.user_id,
             "method": after.method, "reason": reason,
         });
         Self::emit(tx, FAILED, &after.order_id, data, after.correlation_id.as_deref()).await?;
@@ -745,6 +747,7 @@ impl Payments {
         if after.captured_at.is_some() {
             let data = json!({
                 "refund_id": refund.id, "payment_id": after.id, "order_id": after.order_id,
+                "order_number": after.order_number,
                 "user_id": after.user_id, "amount_minor": refund.amount_minor, "currency": after.currency,
                 "refunded_total_minor": settled, "captured_minor": after.captured_minor,
                 "fully_refunded": settled >= after.captured_minor,

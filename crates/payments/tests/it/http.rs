@@ -1,78 +1,37 @@
 //! The routers over HTTP (on SQLite): the webhook endpoint, the hosted page, and the buyer's
 //! and admins' routes with real access tokens.
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::Router;
-use base64::Engine;
 use http::{header, Method as HttpMethod, Request, StatusCode};
 use http_body_util::BodyExt;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use payments::domain::{self, Method};
-use platform::auth::{Claims, Jwk, JwkSet, JwksSource, Role, TokenVerifier};
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use platform::auth::Role;
+use platform::testing::TestTokens;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use uuid::Uuid;
 
 use super::{decide, open_sqlite, pay, settings, Fixture, SECRET};
 
-struct StaticJwks(Jwk);
-
-#[async_trait]
-impl JwksSource for StaticJwks {
-    async fn fetch(&self) -> anyhow::Result<JwkSet> {
-        Ok(JwkSet {
-            keys: vec![self.0.clone()],
-        })
-    }
-}
-
 struct App {
     f: Fixture,
     router: Router,
-    key: EncodingKey,
+    tokens: TestTokens,
 }
 
 async fn app() -> App {
     let f = open_sqlite(settings()).await.unwrap();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let jwk = Jwk {
-        kty: "OKP".into(),
-        crv: "Ed25519".into(),
-        x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
-        kid: "test".into(),
-        alg: "EdDSA".into(),
-        use_: "sig".into(),
-    };
-    let verifier = Arc::new(TokenVerifier::new(Arc::new(StaticJwks(jwk)), "mercato", "mercato"));
+    let tokens = TestTokens::new();
+    let verifier = tokens.verifier();
     let router =
         payments::api::router(f.payments.clone(), verifier).merge(payments::api::psp_router(f.payments.clone()));
-    App {
-        f,
-        router,
-        key: EncodingKey::from_ed_der(pkcs8.as_ref()),
-    }
+    App { f, router, tokens }
 }
 
 impl App {
     fn token(&self, user: Uuid, role: Role) -> String {
-        let now = platform::clock::now_ms() / 1000;
-        let claims = Claims {
-            iss: "mercato".into(),
-            aud: "mercato".into(),
-            sub: user.to_string(),
-            role,
-            iat: now,
-            exp: now + 600,
-            sid: "session".into(),
-        };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some("test".into());
-        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+        self.tokens.token(&user.to_string(), role)
     }
 
     async fn call(&self, request: Request<Body>) -> (StatusCode, http::HeaderMap, String) {

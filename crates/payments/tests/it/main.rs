@@ -264,7 +264,8 @@ async fn an_approved_payment_succeeds_once(f: Fixture) {
     assert_eq!(
         succeeded[0],
         json!({
-            "payment_id": payment.id, "order_id": payment.order_id, "user_id": payment.user_id, "method": "card",
+            "payment_id": payment.id, "order_id": payment.order_id, "order_number": payment.order_number,
+            "user_id": payment.user_id, "method": "card",
             "amount_minor": 12_345, "currency": "EUR", "reference": payment.reference,
         })
     );
