@@ -73,6 +73,8 @@ pub struct App {
     pub cart: Arc<Cart>,
     pub orders: Arc<orders::Orders>,
     pub payments: Arc<payments::Payments>,
+    pub notifications: Arc<notifications::Notifications>,
+    pub delivery: Arc<delivery::Delivery>,
     pub bus: Arc<dyn Bus>,
     /// The in-process log when the bus is the embedded one.
     pub log_bus: Option<LogBus>,
@@ -228,6 +230,116 @@ pub async fn payments_db(config: &Config) -> anyhow::Result<Db> {
     db.migrate("platform", PLATFORM_MIGRATIONS).await?;
     db.migrate(payments::SERVICE, payments::store::MIGRATIONS).await?;
     Ok(db)
+}
+
+/// Opens and migrates the notifications database.
+pub async fn notifications_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, notifications::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(notifications::SERVICE, notifications::MIGRATIONS).await?;
+    Ok(db)
+}
+
+/// Opens and migrates the delivery database.
+pub async fn delivery_db(config: &Config) -> anyhow::Result<Db> {
+    let db = open_db(config, delivery::SERVICE).await?;
+    db.migrate("platform", PLATFORM_MIGRATIONS).await?;
+    db.migrate(delivery::SERVICE, delivery::store::MIGRATIONS).await?;
+    Ok(db)
+}
+
+/// Identity's accounts as delivery checks its agents, in process.
+struct IdentityAgents(Arc<Identity>);
+
+#[async_trait]
+impl delivery::AgentDirectory for IdentityAgents {
+    async fn user(&self, user: uuid::Uuid) -> anyhow::Result<Option<delivery::DirectoryUser>> {
+        match self.0.user(user).await {
+            Ok(row) => Ok(Some(delivery::DirectoryUser {
+                full_name: row.full_name,
+                role: row.role,
+                active: row.disabled_at.is_none(),
+            })),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+pub fn build_delivery(
+    config: &Config,
+    db: Db,
+    clock: SharedClock,
+    agents: Arc<dyn delivery::AgentDirectory>,
+) -> delivery::Delivery {
+    let d = &config.delivery;
+    let settings = delivery::Settings {
+        code_max_attempts: d.code_max_attempts.max(1),
+        auto_assign: d.auto_assign,
+        sweep_interval: Duration::from_secs(d.sweep_interval_secs.max(1)),
+    };
+    delivery::Delivery::new(db, clock, settings, agents)
+}
+
+/// Identity's contact details as notifications reads them, in process.
+struct IdentityContacts(Arc<Identity>);
+
+#[async_trait]
+impl notifications::Directory for IdentityContacts {
+    async fn contact(&self, user: uuid::Uuid) -> anyhow::Result<Option<notifications::Contact>> {
+        match self.0.user(user).await {
+            Ok(row) => Ok(Some(notifications::Contact {
+                email: row.email,
+                full_name: row.full_name,
+            })),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+/// The mailer the configuration asks for: `.eml` files under `<data dir>/mail`, or SMTP.
+pub fn build_mailer(config: &Config) -> anyhow::Result<Arc<dyn notifications::Mailer>> {
+    use platform::config::{MailerKind, SmtpTls};
+    let n = &config.notifications;
+    let transport = match n.mailer {
+        MailerKind::File => notifications::MailTransport::File(config.data_dir.join("mail")),
+        MailerKind::Smtp => notifications::MailTransport::Smtp(notifications::SmtpSettings {
+            host: n.smtp_host.clone(),
+            port: n.smtp_port,
+            username: n.smtp_username.clone(),
+            password: n.smtp_password.clone(),
+            tls: match n.smtp_tls {
+                SmtpTls::None => notifications::SmtpTls::None,
+                SmtpTls::Starttls => notifications::SmtpTls::Starttls,
+                SmtpTls::Tls => notifications::SmtpTls::Tls,
+            },
+            timeout: Duration::from_secs(n.smtp_timeout_secs.max(1)),
+        }),
+    };
+    transport
+        .build(config.profile)
+        .map_err(|err| anyhow::anyhow!("cannot set up the mailer: {err}"))
+}
+
+pub fn build_notifications(
+    config: &Config,
+    db: Db,
+    clock: SharedClock,
+    mailer: Arc<dyn notifications::Mailer>,
+    directory: Arc<dyn notifications::Directory>,
+) -> notifications::Notifications {
+    let n = &config.notifications;
+    let settings = notifications::Settings {
+        from: n.from.clone(),
+        operations_email: n.operations_email.clone(),
+        public_url: config.public_url(),
+        shop_name: n.shop_name.clone(),
+        // A send is about ten SMTP commands, each up to the timeout: a claim goes stale only
+        // well after an attempt has given up (it stops at half of this).
+        stale_after: Duration::from_secs(n.smtp_timeout_secs.max(1).saturating_mul(30).max(120)),
+    };
+    notifications::Notifications::new(db, clock, settings, mailer, directory)
 }
 
 /// The cart as checkout reads it, in process.
@@ -510,13 +622,28 @@ async fn seed_first_start(config: &Config, catalog: &Catalog, inventory: &Invent
 }
 
 pub async fn build_identity(config: &Config, db: Db, clock: SharedClock) -> anyhow::Result<Identity> {
-    let throttle = Arc::new(MemoryFailureThrottle::new(
-        ThrottlePolicy {
-            max_failures: config.login_throttle.max_failures.max(1),
-            base_lockout: Duration::from_secs(config.login_throttle.base_lockout_secs),
-        },
-        clock.clone(),
-    ));
+    let policy = ThrottlePolicy {
+        max_failures: config.login_throttle.max_failures.max(1),
+        base_lockout: Duration::from_secs(config.login_throttle.base_lockout_secs),
+    };
+    // Login throttles live where the rate limits do: in Redis, every replica counts together.
+    let throttle: Arc<dyn platform::ratelimit::FailureThrottle> = match config.rate_limit.store {
+        platform::config::RateLimitStore::Memory => Arc::new(MemoryFailureThrottle::new(policy, clock.clone())),
+        platform::config::RateLimitStore::Redis => {
+            let url = config.rate_limit.redis_url.as_deref().context(
+                "rate_limit.store is `redis` but rate_limit.redis_url is not set (MERCATO_RATE_LIMIT__REDIS_URL)",
+            )?;
+            Arc::new(
+                platform::ratelimit::redis_limiter::RedisFailureThrottle::connect(
+                    url,
+                    &config.rate_limit.redis_prefix,
+                    policy,
+                    clock.clone(),
+                )
+                .await?,
+            )
+        }
+    };
     let settings = identity::Settings {
         issuer: config.auth.issuer.clone(),
         audience: config.auth.audience.clone(),
@@ -528,6 +655,24 @@ pub async fn build_identity(config: &Config, db: Db, clock: SharedClock) -> anyh
     Identity::new(db, clock, throttle, settings).await
 }
 
+/// The edge's rate limiter: in this process's memory, or in Redis shared by every replica.
+pub async fn build_rate_limiter(
+    config: &Config,
+    clock: SharedClock,
+) -> anyhow::Result<Arc<dyn platform::ratelimit::RateLimiter>> {
+    use platform::config::RateLimitStore;
+    let r = &config.rate_limit;
+    Ok(match r.store {
+        RateLimitStore::Memory => Arc::new(MemoryRateLimiter::new(clock)),
+        RateLimitStore::Redis => {
+            let url = r.redis_url.as_deref().context(
+                "rate_limit.store is `redis` but rate_limit.redis_url is not set (MERCATO_RATE_LIMIT__REDIS_URL)",
+            )?;
+            Arc::new(platform::ratelimit::redis_limiter::RedisRateLimiter::connect(url, &r.redis_prefix, clock).await?)
+        }
+    })
+}
+
 /// The OpenAPI document of everything the all-in-one process serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -537,6 +682,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(cart::api::CartApi::openapi());
     doc.merge(orders::api::OrdersApi::openapi());
     doc.merge(payments::api::PaymentsApi::openapi());
+    doc.merge(notifications::NotificationsApi::openapi());
+    doc.merge(delivery::DeliveryApi::openapi());
     doc.merge(platform::consumer::DeadLettersApi::openapi());
     doc.info.title = "Mercato API".to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -723,6 +870,29 @@ impl App {
             .spawn_relay(orders::SERVICE, bus.clone(), cancel.clone());
         orders.spawn_sweeper(cancel.clone());
 
+        let notifications_db = notifications_db(&config).await?;
+        dbs.push(notifications_db.clone());
+        let notifications = Arc::new(build_notifications(
+            &config,
+            notifications_db.clone(),
+            clock.clone(),
+            build_mailer(&config)?,
+            Arc::new(IdentityContacts(identity.clone())),
+        ));
+
+        let delivery_db = delivery_db(&config).await?;
+        dbs.push(delivery_db.clone());
+        let delivery = Arc::new(build_delivery(
+            &config,
+            delivery_db.clone(),
+            clock.clone(),
+            Arc::new(IdentityAgents(identity.clone())),
+        ));
+        delivery
+            .outbox()
+            .spawn_relay(delivery::SERVICE, bus.clone(), cancel.clone());
+        delivery.spawn_sweeper(cancel.clone());
+
         let mut dead_letters = DeadLetters::default();
         let catalog_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
             (
@@ -785,7 +955,7 @@ impl App {
         for (name, handler, types) in cart_consumers {
             dead_letters.register(IdempotentConsumer::new(name, cart_db.clone(), handler), types);
         }
-        let orders_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 2] = [
+        let orders_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
             (
                 "orders-payments",
                 Arc::new(orders::events::PaymentOutcomes { orders: orders.clone() }),
@@ -795,6 +965,11 @@ impl App {
                 "orders-reservations",
                 Arc::new(orders::events::ReservationExpiry { orders: orders.clone() }),
                 &[orders::events::INVENTORY_RELEASED],
+            ),
+            (
+                "orders-shipments",
+                Arc::new(orders::events::ShipmentProgress { orders: orders.clone() }),
+                orders::events::SHIPMENT_EVENTS,
             ),
         ];
         for (name, handler, types) in orders_consumers {
@@ -810,6 +985,26 @@ impl App {
             ),
             payments::events::ORDER_EVENTS,
         );
+        dead_letters.register(
+            IdempotentConsumer::new(
+                "notifications",
+                notifications_db.clone(),
+                Arc::new(notifications::NotificationEvents {
+                    notifications: notifications.clone(),
+                }),
+            ),
+            notifications::EVENT_TYPES,
+        );
+        dead_letters.register(
+            IdempotentConsumer::new(
+                "delivery-orders",
+                delivery_db.clone(),
+                Arc::new(delivery::OrderShipments {
+                    delivery: delivery.clone(),
+                }),
+            ),
+            delivery::ORDER_EVENTS,
+        );
         if !options.extension_consumers.is_empty() {
             let db = open_db(&config, "extensions").await?;
             db.migrate("platform", PLATFORM_MIGRATIONS).await?;
@@ -823,6 +1018,13 @@ impl App {
             dbs.push(db);
         }
         dead_letters.start(bus.as_ref(), config.retry_policy()).await?;
+        // Live order streams are woken through the bus, so a change made by any process reaches
+        // the streams of every process.
+        bus.watch(
+            orders::live::LIVE_EVENTS.iter().map(|t| (*t).to_owned()).collect(),
+            Arc::new(orders.live().clone()),
+        )
+        .await?;
         let dead_letters = Arc::new(dead_letters);
 
         let verifier = Arc::new(TokenVerifier::new(
@@ -838,6 +1040,8 @@ impl App {
             ("cart_db", &cart_db),
             ("orders_db", &orders_db),
             ("payments_db", &payments_db),
+            ("notifications_db", &notifications_db),
+            ("delivery_db", &delivery_db),
         ];
         for (name, db) in service_dbs {
             let db = db.clone();
@@ -867,6 +1071,8 @@ impl App {
             .merge(orders::api::router(orders.clone(), verifier.clone()))
             .merge(payments::api::router(payments.clone(), verifier.clone()))
             .merge(payments::api::psp_router(payments.clone()))
+            .merge(notifications::router(notifications.clone(), verifier.clone()))
+            .merge(delivery::router(delivery.clone(), verifier.clone()))
             .merge(platform::consumer::admin_router(dead_letters.clone()))
             .merge(checks.router())
             .route(
@@ -889,7 +1095,7 @@ impl App {
             mode: options.mode,
             http: config.http.clone(),
             rate_limit: config.rate_limit.clone(),
-            limiter: Arc::new(MemoryRateLimiter::new(clock.clone())),
+            limiter: build_rate_limiter(&config, clock.clone()).await?,
             public_routes: identity::api::PUBLIC_ROUTES
                 .iter()
                 .chain(catalog::api::PUBLIC_ROUTES)
@@ -897,6 +1103,8 @@ impl App {
                 .chain(cart::api::PUBLIC_ROUTES)
                 .chain(orders::api::PUBLIC_ROUTES)
                 .chain(payments::api::PUBLIC_ROUTES)
+                .chain(notifications::PUBLIC_ROUTES)
+                .chain(delivery::PUBLIC_ROUTES)
                 .map(|r| (*r).to_owned())
                 .collect(),
             verifier,
@@ -911,6 +1119,8 @@ impl App {
             cart,
             orders,
             payments,
+            notifications,
+            delivery,
             bus,
             log_bus,
             dead_letters,

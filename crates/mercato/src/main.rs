@@ -101,7 +101,7 @@ enum AdminTask {
     RotateKeys,
 }
 
-const SERVICES: &[&str] = &["identity", "catalog", "inventory", "cart", "orders", "payments"];
+const SERVICES: &[&str] = &platform::config::SERVICES_WITH_DATABASES;
 
 #[tokio::main]
 async fn main() {
@@ -237,6 +237,8 @@ async fn migrate(config: &Config, service: Option<&str>) -> anyhow::Result<()> {
             "cart" => app::cart_db(config).await?.close().await,
             "orders" => app::orders_db(config).await?.close().await,
             "payments" => app::payments_db(config).await?.close().await,
+            "notifications" => app::notifications_db(config).await?.close().await,
+            "delivery" => app::delivery_db(config).await?.close().await,
             _ => {}
         }
         println!("{service}: migrated");

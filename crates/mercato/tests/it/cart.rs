@@ -416,11 +416,13 @@ async fn paid_orders_clear_the_cart_and_idle_carts_are_reported_once() {
     }
 
     // order.paid (published by hand until orders exist) empties the buyer's cart.
+    let order_id = uuid::Uuid::now_v7().to_string();
     let paid = Event::new(
         "orders",
         "order.paid",
-        "order-1",
-        json!({"order_id": "order-1", "user_id": id_of(&buyer_auth)}),
+        &order_id,
+        json!({"order_id": order_id, "number": "ORD-2026-000001", "user_id": id_of(&buyer_auth),
+               "payment_method": "card", "shipping_address": crate::checkout::address()}),
         None,
     );
     app.app.bus.publish(&paid).await.unwrap();

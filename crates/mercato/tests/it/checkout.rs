@@ -12,15 +12,15 @@ use uuid::Uuid;
 use crate::cart::stocked;
 use crate::helpers::{Reply, TestApp};
 
-fn address() -> Value {
+pub(crate) fn address() -> Value {
     json!({"full_name": "Ada Buyer", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "de"})
 }
 
-fn card() -> Value {
+pub(crate) fn card() -> Value {
     json!({"payment_method": "card", "shipping_address": address()})
 }
 
-async fn checkout(app: &TestApp, token: &str, key: impl AsRef<str>, body: Value) -> Reply {
+pub(crate) async fn checkout(app: &TestApp, token: &str, key: impl AsRef<str>, body: Value) -> Reply {
     let response = app
         .client
         .post(format!("{}/api/v1/checkout", app.url))
@@ -42,7 +42,7 @@ async fn checkout(app: &TestApp, token: &str, key: impl AsRef<str>, body: Value)
 
 /// A valid access token for a new customer id, signed by identity's key (no account behind it:
 /// checkout needs none besides the token, and hashing 2 000 passwords would be the slow part).
-async fn minted_customer(app: &TestApp) -> (Uuid, String) {
+pub(crate) async fn minted_customer(app: &TestApp) -> (Uuid, String) {
     let id = Uuid::now_v7();
     let now = platform::clock::now_ms() / 1000;
     let claims = Claims {
@@ -58,7 +58,7 @@ async fn minted_customer(app: &TestApp) -> (Uuid, String) {
     (id, signer.sign(&claims).unwrap())
 }
 
-async fn add_to_cart(app: &TestApp, token: &str, sku: &str, quantity: i64) {
+pub(crate) async fn add_to_cart(app: &TestApp, token: &str, sku: &str, quantity: i64) {
     app.post(
         "/api/v1/cart/items",
         Some(token),
@@ -69,7 +69,7 @@ async fn add_to_cart(app: &TestApp, token: &str, sku: &str, quantity: i64) {
 }
 
 /// The path of a hosted-page URL (the configured public URL is not the test server's).
-fn path_of(url: &str) -> String {
+pub(crate) fn path_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     rest.find('/')
         .map_or_else(|| "/".to_owned(), |at| rest[at..].to_owned())
@@ -85,7 +85,7 @@ async fn order_status(app: &TestApp, token: &str, order_id: &str) -> String {
         .to_owned()
 }
 
-async fn wait_for_status(app: &TestApp, token: &str, order_id: &str, status: &str) {
+pub(crate) async fn wait_for_status(app: &TestApp, token: &str, order_id: &str, status: &str) {
     let reached = platform::testing::eventually(Duration::from_secs(20), || async {
         (order_status(app, token, order_id).await == status).then_some(())
     })

@@ -30,6 +30,72 @@ async fn per_ip_limit_applies_to_anonymous_callers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_limits_in_redis_share_them() {
+    let Some(url) = platform::testing::server_url(platform::testing::REDIS_URL_VAR) else {
+        eprintln!("skipped: {} is not set", platform::testing::REDIS_URL_VAR);
+        return;
+    };
+    let prefix = format!("test:{}:", platform::id::new_id().simple());
+    let configure = |c: &mut platform::config::Config| {
+        c.rate_limit.per_ip_per_minute = 4;
+        c.rate_limit.store = platform::config::RateLimitStore::Redis;
+        c.rate_limit.redis_url = Some(url.clone());
+        c.rate_limit.redis_prefix = prefix.clone();
+    };
+    let (first, second) = (
+        TestApp::spawn_with(configure, Vec::new()).await,
+        TestApp::spawn_with(configure, Vec::new()).await,
+    );
+    for app in [&first, &second, &first, &second] {
+        app.get("/health/live", None).await.expect(200);
+    }
+    // Four a minute for this IP, whichever replica answers.
+    let limited = second.get("/health/live", None).await.expect_problem(429);
+    assert!(limited.headers.contains_key("retry-after"));
+    first.get("/health/live", None).await.expect_problem(429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failures_on_one_replica_lock_the_account_on_the_other() {
+    let Some(url) = platform::testing::server_url(platform::testing::REDIS_URL_VAR) else {
+        eprintln!("skipped: {} is not set", platform::testing::REDIS_URL_VAR);
+        return;
+    };
+    let prefix = format!("test:{}:", platform::id::new_id().simple());
+    let configure = |c: &mut platform::config::Config| {
+        c.rate_limit.store = platform::config::RateLimitStore::Redis;
+        c.rate_limit.redis_url = Some(url.clone());
+        c.rate_limit.redis_prefix = prefix.clone();
+        c.login_throttle.max_failures = 3;
+    };
+    let (first, second) = (
+        TestApp::spawn_with(configure, Vec::new()).await,
+        TestApp::spawn_with(configure, Vec::new()).await,
+    );
+    for app in [&first, &second] {
+        app.register("shared@example.com").await;
+    }
+    first
+        .login("shared@example.com", "not the password")
+        .await
+        .expect_problem(401);
+    second
+        .login("shared@example.com", "not the password")
+        .await
+        .expect_problem(401);
+    first
+        .login("shared@example.com", "not the password")
+        .await
+        .expect_problem(401);
+    // Three failures between them: the account is locked on both.
+    let locked = second
+        .login("shared@example.com", crate::helpers::PASSWORD)
+        .await
+        .expect_problem(429);
+    assert!(locked.headers.contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_413_and_change_nothing() {
     let app = TestApp::spawn_with(|c| c.http.body_limit_bytes = 1024, Vec::new()).await;
     let body = json!({"email": "big@example.com", "full_name": "x".repeat(4096), "password": "correct horse battery"});

@@ -233,7 +233,13 @@ async fn order_events_commit_and_release_reservations() {
             quantity,
         }]
     };
-    for (order, quantity) in [("order-paid", 3), ("order-cancelled", 2), ("order-admin", 1)] {
+    // Order ids are UUIDs, as orders makes them (delivery refuses an order.paid without one).
+    let (paid, cancelled, by_admin) = (
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    );
+    for (order, quantity) in [(&paid, 3), (&cancelled, 2), (&by_admin, 1)] {
         inventory
             .reserve(order, &lines(quantity), None, Context::default())
             .await
@@ -247,13 +253,15 @@ async fn order_events_commit_and_release_reservations() {
     assert_eq!(listed["items"].as_array().unwrap().len(), 3);
 
     // The orders service's events (published here by hand until it exists), each twice.
-    for (kind, order) in [("order.paid", "order-paid"), ("order.cancelled", "order-cancelled")] {
-        let event = Event::new("orders", kind, order, json!({"order_id": order}), None);
+    for (kind, order) in [("order.paid", &paid), ("order.cancelled", &cancelled)] {
+        let data = json!({"order_id": order, "number": "ORD-2026-000009", "user_id": uuid::Uuid::now_v7(),
+                          "payment_method": "card", "shipping_address": crate::checkout::address()});
+        let event = Event::new("orders", kind, order, data, None);
         app.app.bus.publish(&event).await.unwrap();
         app.app.bus.publish(&event).await.unwrap();
     }
-    app.wait_for_event("inventory.committed", "order-paid").await;
-    app.wait_for_event("inventory.released", "order-cancelled").await;
+    app.wait_for_event("inventory.committed", &paid).await;
+    app.wait_for_event("inventory.released", &cancelled).await;
     let stock = app
         .get("/api/v1/admin/inventory/CAP-1", Some(&admin))
         .await
@@ -268,7 +276,7 @@ async fn order_events_commit_and_release_reservations() {
     for _ in 0..2 {
         let released = app
             .post(
-                "/api/v1/admin/reservations/order-admin/release",
+                &format!("/api/v1/admin/reservations/{by_admin}/release"),
                 Some(&admin),
                 json!({}),
             )
@@ -278,9 +286,13 @@ async fn order_events_commit_and_release_reservations() {
         assert_eq!(released["status"], "released");
         assert_eq!(released["release_reason"], "admin");
     }
-    app.post("/api/v1/admin/reservations/order-paid/release", Some(&admin), json!({}))
-        .await
-        .expect_problem(409);
+    app.post(
+        &format!("/api/v1/admin/reservations/{paid}/release"),
+        Some(&admin),
+        json!({}),
+    )
+    .await
+    .expect_problem(409);
     app.get("/api/v1/admin/reservations/nobody", Some(&admin))
         .await
         .expect_problem(404);
