@@ -51,6 +51,8 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub notifications: NotificationsConfig,
     pub delivery: DeliveryConfig,
+    pub cluster: ClusterConfig,
+    pub gateway: GatewayConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,6 +331,78 @@ impl Default for DeliveryConfig {
 }
 
 /// Where carts live.
+/// How the processes of the distributed mode find and trust each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// The base URLs of each service's instances by service name, comma-separated
+    /// (`MERCATO_CLUSTER__URLS__CATALOG=http://10.0.0.5:8080,http://10.0.0.6:8080`). Services
+    /// call the first one (behind a load balancer) or spread over them; the gateway pools them.
+    pub urls: BTreeMap<String, String>,
+    /// The secret a service presents on its calls to another's `/internal` routes.
+    #[serde(deserialize_with = "text_or_scalar")]
+    pub service_token: Option<String>,
+    /// This process's name among the replicas of its service (default: host name and port).
+    /// Consumers that keep state per replica, like the search index, are named after it.
+    pub replica: Option<String>,
+    /// Longest wait for one call to another service.
+    pub call_timeout_ms: u64,
+    /// Extra attempts of an idempotent call after a connection error or a 5xx.
+    pub call_retries: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            urls: BTreeMap::new(),
+            service_token: None,
+            replica: None,
+            call_timeout_ms: 5_000,
+            call_retries: 2,
+        }
+    }
+}
+
+/// The shortest service token the cluster accepts.
+pub const MIN_SERVICE_TOKEN_LEN: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+}
+
+/// The gateway of the distributed mode (`mercato serve gateway`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// How a request picks among a service's healthy instances.
+    pub balance: Balance,
+    /// How often every instance's `/health/ready` is asked.
+    pub health_interval_ms: u64,
+    /// Consecutive failures (connection errors, timeouts, 502/503/504) that take an instance
+    /// out of its pool, and for how long.
+    pub eject_after: u32,
+    pub eject_secs: u64,
+    /// Extra attempts, on another instance, of idempotent requests only.
+    pub retries: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            balance: Balance::RoundRobin,
+            health_interval_ms: 2_000,
+            eject_after: 3,
+            eject_secs: 10,
+            retries: 1,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CartStoreKind {
@@ -414,6 +488,8 @@ impl Default for Config {
             payments: PaymentsConfig::default(),
             notifications: NotificationsConfig::default(),
             delivery: DeliveryConfig::default(),
+            cluster: ClusterConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -521,6 +597,33 @@ impl Config {
             .get(service)
             .cloned()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join(format!("{service}.db")).display()))
+    }
+
+    /// The configured instances of `service` (`cluster.urls`), without trailing slashes.
+    pub fn service_urls(&self, service: &str) -> Vec<String> {
+        self.cluster
+            .urls
+            .get(service)
+            .map(|urls| {
+                urls.split(',')
+                    .map(|u| u.trim().trim_end_matches('/').to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The service token, when it is long enough to be trusted.
+    pub fn service_token(&self) -> Result<&str, String> {
+        match self.cluster.service_token.as_deref().map(str::trim) {
+            Some(token) if token.len() >= MIN_SERVICE_TOKEN_LEN => Ok(token),
+            Some(_) => Err(format!(
+                "cluster.service_token is shorter than {MIN_SERVICE_TOKEN_LEN} characters; set MERCATO_CLUSTER__SERVICE_TOKEN"
+            )),
+            None => Err("cluster.service_token is not set; set MERCATO_CLUSTER__SERVICE_TOKEN (at least \
+                 32 random characters, the same for every service)"
+                .to_owned()),
+        }
     }
 
     pub fn public_url(&self) -> String {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// One invalid input field: where it is and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct FieldError {
     /// JSON pointer-ish path of the field, e.g. `email` or `lines/0/quantity`.
     pub field: String,
@@ -128,6 +128,51 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// The error another service answered with, rebuilt from its problem body, so that it
+    /// reaches this service's caller as it was meant: a 409 stays a 409 with its members, a 422
+    /// keeps its field errors, a 503 its `Retry-After`. Other 5xx answers become internal
+    /// errors (logged here, never shown).
+    pub fn from_problem(status: StatusCode, body: &[u8], retry_after_secs: Option<u64>) -> Self {
+        let problem: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).unwrap_or_default();
+        let detail = problem.get("detail").and_then(serde_json::Value::as_str).map_or_else(
+            || status.canonical_reason().unwrap_or("error").to_owned(),
+            str::to_owned,
+        );
+        let errors: Vec<FieldError> = problem
+            .get("errors")
+            .and_then(|e| serde_json::from_value(e.clone()).ok())
+            .unwrap_or_default();
+        let members: serde_json::Map<String, serde_json::Value> = problem
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "type" | "title" | "status" | "detail" | "errors"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match status {
+            StatusCode::BAD_REQUEST => Self::BadRequest(detail),
+            StatusCode::UNPROCESSABLE_ENTITY if !errors.is_empty() => Self::Validation(errors),
+            StatusCode::UNPROCESSABLE_ENTITY => Self::Unprocessable(detail),
+            StatusCode::UNAUTHORIZED => Self::Unauthorized(detail),
+            StatusCode::FORBIDDEN => Self::Forbidden(detail),
+            StatusCode::NOT_FOUND => Self::NotFound(detail),
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::CONFLICT if !members.is_empty() => Self::ConflictWith {
+                message: detail,
+                members: serde_json::Value::Object(members),
+            },
+            StatusCode::CONFLICT => Self::Conflict(detail),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::TOO_MANY_REQUESTS => Self::TooManyRequests {
+                message: detail,
+                retry_after_secs: retry_after_secs.unwrap_or(1),
+            },
+            StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable {
+                message: detail,
+                retry_after_secs: retry_after_secs.unwrap_or(1),
+            },
+            other => Self::Internal(anyhow::anyhow!("a service answered {other}: {detail}")),
+        }
+    }
+
     /// A unique-constraint violation as a 409 saying `message`; any other database error as a 500.
     pub fn conflict_on_unique(err: sqlx::Error, message: impl Into<String>) -> Self {
         if crate::store::is_unique_violation(&err) {
@@ -244,4 +289,69 @@ pub async fn not_found_fallback() -> ApiError {
 /// Fallback for known routes called with a method they do not accept.
 pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(err: &ApiError) -> ApiError {
+        let body = serde_json::to_vec(&err.to_problem()).unwrap();
+        let retry_after = match err {
+            ApiError::TooManyRequests { retry_after_secs, .. } | ApiError::Unavailable { retry_after_secs, .. } => {
+                Some(*retry_after_secs)
+            }
+            _ => None,
+        };
+        ApiError::from_problem(err.status(), &body, retry_after)
+    }
+
+    #[test]
+    fn a_problem_from_another_service_becomes_the_same_error() {
+        let errors = [
+            ApiError::BadRequest("bad json".into()),
+            ApiError::validation("quantity", "must be 1–99"),
+            ApiError::Unprocessable("product inactive".into()),
+            ApiError::Unauthorized("token expired".into()),
+            ApiError::Forbidden("not yours".into()),
+            ApiError::NotFound("order not found".into()),
+            ApiError::Conflict("stale version".into()),
+            ApiError::ConflictWith {
+                message: "short".into(),
+                members: serde_json::json!({"skus": [{"sku": "A-1", "available": 2}]}),
+            },
+            ApiError::TooManyRequests {
+                message: "slow down".into(),
+                retry_after_secs: 7,
+            },
+            ApiError::Unavailable {
+                message: "provider down".into(),
+                retry_after_secs: 3,
+            },
+        ];
+        for err in &errors {
+            let back = round_trip(err);
+            assert_eq!(back.status(), err.status(), "{err:?}");
+            assert_eq!(back.to_problem().detail, err.to_problem().detail, "{err:?}");
+            assert_eq!(back.to_problem().errors, err.to_problem().errors, "{err:?}");
+            assert_eq!(back.to_problem().extensions, err.to_problem().extensions, "{err:?}");
+        }
+        assert!(matches!(
+            round_trip(&ApiError::Unavailable {
+                message: "x".into(),
+                retry_after_secs: 3
+            }),
+            ApiError::Unavailable {
+                retry_after_secs: 3,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_unexpected_answer_is_internal_and_keeps_no_body_for_the_client() {
+        let err = ApiError::from_problem(StatusCode::BAD_GATEWAY, b"<html>oops</html>", None);
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(err.to_problem().detail.as_deref(), Some("an unexpected error occurred"));
+    }
 }

@@ -74,6 +74,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestIds {
     }
 }
 
+tokio::task_local! {
+    static CORRELATION: String;
+}
+
+/// The correlation id of the request this task is serving, for calls it makes to other
+/// services (the id then travels on to the events they write).
+pub fn current_correlation_id() -> Option<String> {
+    CORRELATION.try_with(Clone::clone).ok()
+}
+
 fn sane_id(value: Option<&HeaderValue>) -> Option<String> {
     let raw = value?.to_str().ok()?;
     let ok = !raw.is_empty()
@@ -102,7 +112,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!("request", %request_id, %correlation_id, method = %method, route = %route);
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = CORRELATION
+        .scope(correlation_id.clone(), next.run(request).instrument(span.clone()))
+        .await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     span.in_scope(|| {
