@@ -3,6 +3,8 @@
 //! for protected routes, and the refusal of `/internal/...` routes. Also the OpenAPI document
 //! and its docs page.
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,13 +75,21 @@ impl Edge {
 
     /// Wraps `routes` (every service's public router, merged) in the edge.
     pub fn wrap(self, routes: Router) -> Router {
+        self.wrap_keeping_fallback(
+            routes
+                .fallback(not_found_fallback)
+                .method_not_allowed_fallback(method_not_allowed_fallback),
+        )
+    }
+
+    /// Wraps `routes` whose fallback is their own (the gateway's proxy answers every path the
+    /// gateway itself does not).
+    pub fn wrap_keeping_fallback(self, routes: Router) -> Router {
         let http = self.http.clone();
         let verifier = self.verifier.clone();
         let cors = cors_layer(&http.cors_origins);
         let edge = Arc::new(self);
         let router = routes
-            .fallback(not_found_fallback)
-            .method_not_allowed_fallback(method_not_allowed_fallback)
             .layer(middleware::from_fn_with_state(edge, guard))
             .layer(axum::Extension(verifier))
             .layer(DefaultBodyLimit::max(http.body_limit_bytes));
