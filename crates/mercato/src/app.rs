@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use axum::routing::get;
 use axum::Router;
 use cart::Cart;
@@ -25,6 +24,11 @@ use platform::ratelimit::{MemoryFailureThrottle, MemoryRateLimiter, ThrottlePoli
 use platform::store::{Db, DbOptions};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
+
+use crate::local::{
+    CartLines, CatalogPrices, CatalogProducts, IdentityAgents, IdentityContacts, IdentityCustomers,
+    InventoryReservations, InventoryStock, PaymentsForOrders,
+};
 
 /// A consumer that is not part of a built-in service (a shop's own integration, or a test).
 /// Extension consumers keep their processed ids and dead letters in `extensions.db`.
@@ -142,46 +146,12 @@ pub async fn cart_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// The catalog as the cart calls it, in process.
-struct CatalogProducts(Arc<Catalog>);
-
-#[async_trait]
-impl cart::service::Products for CatalogProducts {
-    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<cart::service::SkuInfo>> {
-        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(details
-            .into_iter()
-            .map(|d| cart::service::SkuInfo {
-                sku: d.sku,
-                product_id: d.product_id,
-                name: d.name,
-                slug: d.slug,
-                image: d.image,
-                price: d.price,
-                currency: d.currency,
-                active: d.on_sale,
-            })
-            .collect())
-    }
-}
-
-/// Inventory as the cart calls it, in process.
-struct InventoryStock(Arc<Inventory>);
-
-#[async_trait]
-impl cart::service::Stock for InventoryStock {
-    async fn available(&self, skus: &[String]) -> anyhow::Result<std::collections::HashMap<String, i64>> {
-        let stocks = self.0.stocks(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(stocks.into_iter().map(|s| (s.sku.clone(), s.sellable())).collect())
-    }
-}
-
 /// Builds the cart over its database, with its carts in SQL or Redis as configured.
 pub async fn build_cart(
     config: &Config,
     db: Db,
-    catalog: Arc<Catalog>,
-    inventory: Arc<Inventory>,
+    products: Arc<dyn cart::service::Products>,
+    stock: Arc<dyn cart::service::Stock>,
     clock: SharedClock,
 ) -> anyhow::Result<Cart> {
     let ttl = Duration::from_secs(config.cart.ttl_secs.max(60));
@@ -208,8 +178,8 @@ pub async fn build_cart(
     Ok(Cart::new(
         db,
         store,
-        Arc::new(CatalogProducts(catalog)),
-        Arc::new(InventoryStock(inventory)),
+        products,
+        stock,
         clock,
         settings,
         &config.catalog.currency,
@@ -248,24 +218,6 @@ pub async fn delivery_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// Identity's accounts as delivery checks its agents, in process.
-struct IdentityAgents(Arc<Identity>);
-
-#[async_trait]
-impl delivery::AgentDirectory for IdentityAgents {
-    async fn user(&self, user: uuid::Uuid) -> anyhow::Result<Option<delivery::DirectoryUser>> {
-        match self.0.user(user).await {
-            Ok(row) => Ok(Some(delivery::DirectoryUser {
-                full_name: row.full_name,
-                role: row.role,
-                active: row.disabled_at.is_none(),
-            })),
-            Err(platform::ApiError::NotFound(_)) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
-    }
-}
-
 pub fn build_delivery(
     config: &Config,
     db: Db,
@@ -281,24 +233,6 @@ pub fn build_delivery(
     delivery::Delivery::new(db, clock, settings, agents)
 }
 
-/// Identity's contact details as notifications reads them, in process.
-struct IdentityContacts(Arc<Identity>);
-
-#[async_trait]
-impl notifications::Directory for IdentityContacts {
-    async fn contact(&self, user: uuid::Uuid) -> anyhow::Result<Option<notifications::Contact>> {
-        match self.0.user(user).await {
-            Ok(row) => Ok(Some(notifications::Contact {
-                email: row.email,
-                full_name: row.full_name,
-            })),
-            Err(platform::ApiError::NotFound(_)) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
-    }
-}
-
-/// The mailer the configuration asks for: `.eml` files under `<data dir>/mail`, or SMTP.
 pub fn build_mailer(config: &Config) -> anyhow::Result<Arc<dyn notifications::Mailer>> {
     use platform::config::{MailerKind, SmtpTls};
     let n = &config.notifications;
@@ -340,188 +274,6 @@ pub fn build_notifications(
         stale_after: Duration::from_secs(n.smtp_timeout_secs.max(1).saturating_mul(30).max(120)),
     };
     notifications::Notifications::new(db, clock, settings, mailer, directory)
-}
-
-/// The cart as checkout reads it, in process.
-struct CartLines(Arc<Cart>);
-
-#[async_trait]
-impl orders::service::Carts for CartLines {
-    async fn lines(&self, user: uuid::Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
-        let lines = self
-            .0
-            .quantities(&cart::service::Owner::User(user))
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(lines
-            .into_iter()
-            .map(|(sku, quantity)| orders::service::CartLine { sku, quantity })
-            .collect())
-    }
-}
-
-/// The catalog's prices as checkout reads them, in process.
-struct CatalogPrices(Arc<Catalog>);
-
-#[async_trait]
-impl orders::service::Prices for CatalogPrices {
-    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<orders::service::PricedSku>> {
-        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(details
-            .into_iter()
-            .map(|d| orders::service::PricedSku {
-                sku: d.sku,
-                product_id: d.product_id,
-                seller_id: d.seller_id,
-                name: d.name,
-                price: d.price,
-                currency: d.currency,
-                on_sale: d.on_sale,
-            })
-            .collect())
-    }
-}
-
-/// Identity's addresses and emails as checkout reads them, in process.
-struct IdentityCustomers(Arc<Identity>);
-
-#[async_trait]
-impl orders::service::Customers for IdentityCustomers {
-    async fn address(&self, user: uuid::Uuid, id: uuid::Uuid) -> anyhow::Result<Option<orders::service::Address>> {
-        match self.0.address(user, id).await {
-            Ok(row) => Ok(Some(orders::service::Address {
-                full_name: row.full_name,
-                phone: row.phone,
-                line1: row.line1,
-                line2: row.line2,
-                city: row.city,
-                region: row.region,
-                postal_code: row.postal_code,
-                country: row.country,
-            })),
-            Err(platform::ApiError::NotFound(_)) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
-    }
-
-    async fn email(&self, user: uuid::Uuid) -> anyhow::Result<Option<String>> {
-        match self.0.user(user).await {
-            Ok(row) => Ok(Some(row.email)),
-            Err(platform::ApiError::NotFound(_)) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
-    }
-}
-
-/// Inventory's reservations as checkout calls them, in process.
-struct InventoryReservations(Arc<Inventory>);
-
-#[async_trait]
-impl orders::service::Stock for InventoryReservations {
-    async fn reserve(
-        &self,
-        order_id: uuid::Uuid,
-        lines: &[orders::service::CartLine],
-        correlation_id: Option<&str>,
-    ) -> Result<(), orders::service::StockRefusal> {
-        let lines: Vec<inventory::domain::Line> = lines
-            .iter()
-            .map(|l| inventory::domain::Line {
-                sku: l.sku.clone(),
-                quantity: l.quantity,
-            })
-            .collect();
-        let ctx = inventory::Context {
-            actor: None,
-            correlation_id,
-        };
-        match self.0.reserve(&order_id.to_string(), &lines, None, ctx).await {
-            Ok(_) => Ok(()),
-            Err(inventory::service::ReserveError::Short(short)) => Err(orders::service::StockRefusal::Short(
-                short
-                    .into_iter()
-                    .map(|s| orders::service::Shortage {
-                        sku: s.sku,
-                        requested: s.requested,
-                        available: s.available,
-                    })
-                    .collect(),
-            )),
-            Err(inventory::service::ReserveError::Api(err)) => {
-                Err(orders::service::StockRefusal::Failed(anyhow::anyhow!("{err}")))
-            }
-        }
-    }
-
-    async fn release(&self, order_id: uuid::Uuid, correlation_id: Option<&str>) -> anyhow::Result<()> {
-        let ctx = inventory::Context {
-            actor: None,
-            correlation_id,
-        };
-        match self
-            .0
-            .release(&order_id.to_string(), inventory::domain::ReleaseReason::Cancelled, ctx)
-            .await
-        {
-            Ok(_) | Err(platform::ApiError::NotFound(_) | platform::ApiError::Conflict(_)) => Ok(()),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
-    }
-}
-
-/// Payments as checkout and the orders consumers call them, in process.
-struct PaymentsForOrders(Arc<payments::Payments>);
-
-#[async_trait]
-impl orders::service::Payments for PaymentsForOrders {
-    async fn start(
-        &self,
-        request: orders::service::StartPayment,
-    ) -> Result<orders::service::StartedPayment, platform::ApiError> {
-        let method = payments::domain::Method::parse(&request.method)
-            .ok_or_else(|| platform::ApiError::validation("payment_method", "is not a payment method"))?;
-        let view = self
-            .0
-            .create_for_order(payments::service::CreatePayment {
-                order_id: request.order_id,
-                order_number: request.order_number,
-                user_id: request.user_id,
-                method,
-                amount_minor: request.amount_minor,
-                currency: request.currency,
-                correlation_id: request.correlation_id,
-            })
-            .await?;
-        Ok(orders::service::StartedPayment {
-            id: view.id.to_string(),
-            method: view.method.as_str().to_owned(),
-            status: view.status.as_str().to_owned(),
-            redirect_url: view.redirect_url,
-        })
-    }
-
-    async fn refund(
-        &self,
-        order_id: uuid::Uuid,
-        amount: Option<i64>,
-        reason: &str,
-        key: &str,
-        correlation_id: Option<&str>,
-    ) -> Result<(), platform::ApiError> {
-        self.0
-            .refund_order(
-                order_id,
-                payments::service::RefundRequest {
-                    amount_minor: amount,
-                    reason: Some(reason.to_owned()),
-                    idempotency_key: key.to_owned(),
-                    actor: None,
-                    correlation_id: correlation_id.map(str::to_owned),
-                },
-            )
-            .await
-            .map(|_| ())
-    }
 }
 
 /// Builds payments with the mock provider, in automatic mode when configured.
@@ -770,6 +522,198 @@ fn describe_errors(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// The bus as configured: the in-process log (with its database, to be closed at the end) or
+/// NATS JetStream.
+pub async fn open_bus(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Bus>, Option<LogBus>, Vec<Db>)> {
+    Ok(match config.bus.kind {
+        BusKind::Log => {
+            let db = open_db(config, "bus").await?;
+            let log = LogBus::open(db.clone(), cancel.clone()).await?;
+            log.spawn_pruner(Duration::from_secs(config.bus.log_retention_hours.saturating_mul(3600)));
+            (Arc::new(log.clone()), Some(log), vec![db])
+        }
+        BusKind::Nats => {
+            let nats = NatsConfig {
+                stream: config.bus.nats_stream.clone(),
+                subject_prefix: config.bus.nats_subject_prefix.clone(),
+                ..NatsConfig::new(&config.bus.nats_url)
+            };
+            (
+                Arc::new(NatsBus::connect(nats, cancel.clone()).await?),
+                None,
+                Vec::new(),
+            )
+        }
+    })
+}
+
+/// `/metrics`: the Prometheus text, with the dead letters still open and, in a process that
+/// serves the catalog, its cache hit ratios.
+pub fn metrics_router(dead_letters: Arc<DeadLetters>, catalog: Option<Arc<Catalog>>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let dead_letters = dead_letters.clone();
+            if let Some(catalog) = &catalog {
+                for (cache, ratio) in catalog.cache().hit_ratios() {
+                    metrics::gauge!("mercato_cache_hit_ratio", "cache" => cache).set(ratio);
+                }
+            }
+            async move {
+                if let Ok(open) = dead_letters.count().await {
+                    metrics::gauge!("mercato_dead_letters_open").set(open as f64);
+                }
+                platform::telemetry::render_metrics()
+            }
+        }),
+    )
+}
+
+/// Every service's routes callable without a token.
+pub fn public_routes() -> Vec<String> {
+    identity::api::PUBLIC_ROUTES
+        .iter()
+        .chain(catalog::api::PUBLIC_ROUTES)
+        .chain(inventory::api::PUBLIC_ROUTES)
+        .chain(cart::api::PUBLIC_ROUTES)
+        .chain(orders::api::PUBLIC_ROUTES)
+        .chain(payments::api::PUBLIC_ROUTES)
+        .chain(notifications::PUBLIC_ROUTES)
+        .chain(delivery::PUBLIC_ROUTES)
+        .map(|r| (*r).to_owned())
+        .collect()
+}
+
+/// A consumer of a service: its name (its offsets and processed ids are kept under it), its
+/// handler and the event types it takes.
+pub type ConsumerSpec = (String, Arc<dyn EventHandler>, &'static [&'static str]);
+
+pub fn register(dead_letters: &mut DeadLetters, db: &Db, specs: Vec<ConsumerSpec>) {
+    for (name, handler, types) in specs {
+        dead_letters.register(IdempotentConsumer::new(name, db.clone(), handler), types);
+    }
+}
+
+/// The catalog's consumers. `replica` names this process among the catalog's replicas: each
+/// replica keeps its own search index, so each follows the product events itself.
+pub fn catalog_consumers(catalog: &Arc<Catalog>, replica: Option<&str>) -> Vec<ConsumerSpec> {
+    let search = match replica {
+        Some(replica) => format!("catalog-search-{replica}"),
+        None => "catalog-search".to_owned(),
+    };
+    vec![
+        (
+            search,
+            Arc::new(catalog::events::IndexFollower {
+                indexer: catalog.indexer().clone(),
+            }),
+            catalog::events::INDEXED_EVENTS,
+        ),
+        (
+            "catalog-verified-buyers".to_owned(),
+            Arc::new(catalog::events::VerifiedBuyers),
+            &[catalog::events::ORDER_DELIVERED],
+        ),
+        (
+            "catalog-stock".to_owned(),
+            Arc::new(catalog::events::StockSignals),
+            &[catalog::events::AVAILABILITY_CHANGED],
+        ),
+    ]
+}
+
+pub fn inventory_consumers(inventory: &Arc<Inventory>) -> Vec<ConsumerSpec> {
+    vec![
+        (
+            "inventory-products".to_owned(),
+            Arc::new(inventory::events::ProductSkus {
+                inventory: inventory.clone(),
+            }),
+            inventory::events::PRODUCT_EVENTS,
+        ),
+        (
+            "inventory-orders".to_owned(),
+            Arc::new(inventory::events::OrderReservations {
+                inventory: inventory.clone(),
+            }),
+            inventory::events::ORDER_EVENTS,
+        ),
+    ]
+}
+
+pub fn cart_consumers(cart: &Arc<Cart>) -> Vec<ConsumerSpec> {
+    vec![
+        (
+            "cart-reprice".to_owned(),
+            Arc::new(cart::events::Reprice { cart: cart.clone() }),
+            cart::events::PRODUCT_EVENTS,
+        ),
+        (
+            "cart-orders".to_owned(),
+            Arc::new(cart::events::ClearOnPaid { cart: cart.clone() }),
+            cart::events::ORDER_EVENTS,
+        ),
+        (
+            "cart-checkouts".to_owned(),
+            Arc::new(cart::events::CheckedOut),
+            &[cart::events::ORDER_CREATED],
+        ),
+    ]
+}
+
+pub fn orders_consumers(orders: &Arc<orders::Orders>) -> Vec<ConsumerSpec> {
+    vec![
+        (
+            "orders-payments".to_owned(),
+            Arc::new(orders::events::PaymentOutcomes { orders: orders.clone() }),
+            orders::events::PAYMENT_EVENTS,
+        ),
+        (
+            "orders-reservations".to_owned(),
+            Arc::new(orders::events::ReservationExpiry { orders: orders.clone() }),
+            &[orders::events::INVENTORY_RELEASED],
+        ),
+        (
+            "orders-shipments".to_owned(),
+            Arc::new(orders::events::ShipmentProgress { orders: orders.clone() }),
+            orders::events::SHIPMENT_EVENTS,
+        ),
+    ]
+}
+
+pub fn payments_consumers(payments: &Arc<payments::Payments>) -> Vec<ConsumerSpec> {
+    vec![(
+        "payments-orders".to_owned(),
+        Arc::new(payments::events::OrderPayments {
+            payments: payments.clone(),
+        }),
+        payments::events::ORDER_EVENTS,
+    )]
+}
+
+pub fn notifications_consumers(notifications: &Arc<notifications::Notifications>) -> Vec<ConsumerSpec> {
+    vec![(
+        "notifications".to_owned(),
+        Arc::new(notifications::NotificationEvents {
+            notifications: notifications.clone(),
+        }),
+        notifications::EVENT_TYPES,
+    )]
+}
+
+pub fn delivery_consumers(delivery: &Arc<delivery::Delivery>) -> Vec<ConsumerSpec> {
+    vec![(
+        "delivery-orders".to_owned(),
+        Arc::new(delivery::OrderShipments {
+            delivery: delivery.clone(),
+        }),
+        delivery::ORDER_EVENTS,
+    )]
+}
+
 impl App {
     /// Starts the all-in-one application (without binding a port).
     pub async fn start(config: Config, options: AppOptions) -> anyhow::Result<Self> {
@@ -780,26 +724,7 @@ impl App {
         let cancel = CancellationToken::new();
         let clock = options.clock.clone();
 
-        let (bus, log_bus, mut dbs): (Arc<dyn Bus>, Option<LogBus>, Vec<Db>) = match config.bus.kind {
-            BusKind::Log => {
-                let db = open_db(&config, "bus").await?;
-                let log = LogBus::open(db.clone(), cancel.clone()).await?;
-                log.spawn_pruner(Duration::from_secs(config.bus.log_retention_hours.saturating_mul(3600)));
-                (Arc::new(log.clone()), Some(log), vec![db])
-            }
-            BusKind::Nats => {
-                let nats = NatsConfig {
-                    stream: config.bus.nats_stream.clone(),
-                    subject_prefix: config.bus.nats_subject_prefix.clone(),
-                    ..NatsConfig::new(&config.bus.nats_url)
-                };
-                (
-                    Arc::new(NatsBus::connect(nats, cancel.clone()).await?),
-                    None,
-                    Vec::new(),
-                )
-            }
-        };
+        let (bus, log_bus, mut dbs) = open_bus(&config, &cancel).await?;
 
         let identity_db = identity_db(&config).await?;
         dbs.push(identity_db.clone());
@@ -838,8 +763,8 @@ impl App {
             build_cart(
                 &config,
                 cart_db.clone(),
-                catalog.clone(),
-                inventory.clone(),
+                Arc::new(CatalogProducts(catalog.clone())),
+                Arc::new(InventoryStock(inventory.clone())),
                 clock.clone(),
             )
             .await?,
@@ -894,117 +819,18 @@ impl App {
         delivery.spawn_sweeper(cancel.clone());
 
         let mut dead_letters = DeadLetters::default();
-        let catalog_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
-            (
-                "catalog-search",
-                Arc::new(catalog::events::IndexFollower {
-                    indexer: catalog.indexer().clone(),
-                }),
-                catalog::events::INDEXED_EVENTS,
-            ),
-            (
-                "catalog-verified-buyers",
-                Arc::new(catalog::events::VerifiedBuyers),
-                &[catalog::events::ORDER_DELIVERED],
-            ),
-            (
-                "catalog-stock",
-                Arc::new(catalog::events::StockSignals),
-                &[catalog::events::AVAILABILITY_CHANGED],
-            ),
+        let consumers = [
+            (&catalog_db, catalog_consumers(&catalog, None)),
+            (&inventory_db, inventory_consumers(&inventory)),
+            (&cart_db, cart_consumers(&cart)),
+            (&orders_db, orders_consumers(&orders)),
+            (&payments_db, payments_consumers(&payments)),
+            (&notifications_db, notifications_consumers(&notifications)),
+            (&delivery_db, delivery_consumers(&delivery)),
         ];
-        for (name, handler, types) in catalog_consumers {
-            dead_letters.register(IdempotentConsumer::new(name, catalog_db.clone(), handler), types);
+        for (db, specs) in consumers {
+            register(&mut dead_letters, db, specs);
         }
-        let inventory_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 2] = [
-            (
-                "inventory-products",
-                Arc::new(inventory::events::ProductSkus {
-                    inventory: inventory.clone(),
-                }),
-                inventory::events::PRODUCT_EVENTS,
-            ),
-            (
-                "inventory-orders",
-                Arc::new(inventory::events::OrderReservations {
-                    inventory: inventory.clone(),
-                }),
-                inventory::events::ORDER_EVENTS,
-            ),
-        ];
-        for (name, handler, types) in inventory_consumers {
-            dead_letters.register(IdempotentConsumer::new(name, inventory_db.clone(), handler), types);
-        }
-        let cart_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
-            (
-                "cart-reprice",
-                Arc::new(cart::events::Reprice { cart: cart.clone() }),
-                cart::events::PRODUCT_EVENTS,
-            ),
-            (
-                "cart-orders",
-                Arc::new(cart::events::ClearOnPaid { cart: cart.clone() }),
-                cart::events::ORDER_EVENTS,
-            ),
-            (
-                "cart-checkouts",
-                Arc::new(cart::events::CheckedOut),
-                &[cart::events::ORDER_CREATED],
-            ),
-        ];
-        for (name, handler, types) in cart_consumers {
-            dead_letters.register(IdempotentConsumer::new(name, cart_db.clone(), handler), types);
-        }
-        let orders_consumers: [(&str, Arc<dyn EventHandler>, &[&str]); 3] = [
-            (
-                "orders-payments",
-                Arc::new(orders::events::PaymentOutcomes { orders: orders.clone() }),
-                orders::events::PAYMENT_EVENTS,
-            ),
-            (
-                "orders-reservations",
-                Arc::new(orders::events::ReservationExpiry { orders: orders.clone() }),
-                &[orders::events::INVENTORY_RELEASED],
-            ),
-            (
-                "orders-shipments",
-                Arc::new(orders::events::ShipmentProgress { orders: orders.clone() }),
-                orders::events::SHIPMENT_EVENTS,
-            ),
-        ];
-        for (name, handler, types) in orders_consumers {
-            dead_letters.register(IdempotentConsumer::new(name, orders_db.clone(), handler), types);
-        }
-        dead_letters.register(
-            IdempotentConsumer::new(
-                "payments-orders",
-                payments_db.clone(),
-                Arc::new(payments::events::OrderPayments {
-                    payments: payments.clone(),
-                }),
-            ),
-            payments::events::ORDER_EVENTS,
-        );
-        dead_letters.register(
-            IdempotentConsumer::new(
-                "notifications",
-                notifications_db.clone(),
-                Arc::new(notifications::NotificationEvents {
-                    notifications: notifications.clone(),
-                }),
-            ),
-            notifications::EVENT_TYPES,
-        );
-        dead_letters.register(
-            IdempotentConsumer::new(
-                "delivery-orders",
-                delivery_db.clone(),
-                Arc::new(delivery::OrderShipments {
-                    delivery: delivery.clone(),
-                }),
-            ),
-            delivery::ORDER_EVENTS,
-        );
         if !options.extension_consumers.is_empty() {
             let db = open_db(&config, "extensions").await?;
             db.migrate("platform", PLATFORM_MIGRATIONS).await?;
@@ -1061,8 +887,6 @@ impl App {
             async move { bus.ping().await }
         });
 
-        let dl_for_metrics = dead_letters.clone();
-        let cache_for_metrics = catalog.cache().clone();
         let routes = Router::new()
             .merge(identity::api::router(identity.clone(), verifier.clone()))
             .merge(catalog::api::router(catalog.clone(), verifier.clone()))
@@ -1075,38 +899,14 @@ impl App {
             .merge(delivery::router(delivery.clone(), verifier.clone()))
             .merge(platform::consumer::admin_router(dead_letters.clone()))
             .merge(checks.router())
-            .route(
-                "/metrics",
-                get(move || {
-                    let dead_letters = dl_for_metrics.clone();
-                    for (cache, ratio) in cache_for_metrics.hit_ratios() {
-                        metrics::gauge!("mercato_cache_hit_ratio", "cache" => cache).set(ratio);
-                    }
-                    async move {
-                        if let Ok(open) = dead_letters.count().await {
-                            metrics::gauge!("mercato_dead_letters_open").set(open as f64);
-                        }
-                        platform::telemetry::render_metrics()
-                    }
-                }),
-            )
+            .merge(metrics_router(dead_letters.clone(), Some(catalog.clone())))
             .merge(gateway::docs_router(openapi()));
         let edge = gateway::Edge {
             mode: options.mode,
             http: config.http.clone(),
             rate_limit: config.rate_limit.clone(),
             limiter: build_rate_limiter(&config, clock.clone()).await?,
-            public_routes: identity::api::PUBLIC_ROUTES
-                .iter()
-                .chain(catalog::api::PUBLIC_ROUTES)
-                .chain(inventory::api::PUBLIC_ROUTES)
-                .chain(cart::api::PUBLIC_ROUTES)
-                .chain(orders::api::PUBLIC_ROUTES)
-                .chain(payments::api::PUBLIC_ROUTES)
-                .chain(notifications::PUBLIC_ROUTES)
-                .chain(delivery::PUBLIC_ROUTES)
-                .map(|r| (*r).to_owned())
-                .collect(),
+            public_routes: public_routes(),
             verifier,
         };
         let router = edge.wrap(routes);
@@ -1143,7 +943,7 @@ impl App {
 
 /// Creates the first admin account when there is none: with `MERCATO_ADMIN_EMAIL` /
 /// `MERCATO_ADMIN_PASSWORD` when set, else `admin@mercato.local` and a generated password.
-async fn ensure_admin(config: &Config, identity: &Identity) -> anyhow::Result<Option<CreatedAdmin>> {
+pub(crate) async fn ensure_admin(config: &Config, identity: &Identity) -> anyhow::Result<Option<CreatedAdmin>> {
     if identity::store::admin_exists(identity.db().reader()).await? {
         return Ok(None);
     }

@@ -2,5 +2,10 @@
 //! behind the gateway edge, embedded backends by default) or a single service.
 
 pub mod app;
+pub mod gateway_app;
+pub mod internal;
+pub mod local;
+pub mod peers;
+pub mod service;
 
 pub use app::{App, AppOptions};

@@ -45,7 +45,9 @@ enum Command {
     Run,
     /// Run one service in this process.
     Serve {
-        /// The service: `identity`.
+        /// identity, catalog, inventory, cart, orders, payments, notifications, delivery or
+        /// gateway. Configured by environment (database URL, NATS, Redis, the other services'
+        /// addresses in `cluster.urls`, the service token).
         service: String,
     },
     /// Apply pending database migrations and exit.
@@ -164,21 +166,38 @@ async fn run_all(config: Config, options: AppOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One service, or the gateway, in a process of its own.
 async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
-    match service {
-        // Identity's routes, health and metrics without the gateway's edge checks.
-        "identity" => {
-            run_all(
-                config,
-                AppOptions {
-                    mode: gateway::EdgeMode::Service,
-                    ..AppOptions::default()
-                },
-            )
-            .await
-        }
-        other => anyhow::bail!("unknown service `{other}`; available: {}", SERVICES.join(", ")),
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
+        .parse()
+        .context("invalid host or port")?;
+    let clock: platform::clock::SharedClock = std::sync::Arc::new(platform::clock::SystemClock);
+    if service == "gateway" {
+        let gateway = mercato::gateway_app::GatewayApp::start(config, clock).await?;
+        let listener = bind(addr).await?;
+        println!("Mercato gateway listening on {addr}");
+        serve_router(listener, gateway.router.clone()).await?;
+        gateway.shutdown();
+        return Ok(());
     }
+    let app = mercato::service::ServiceApp::start(config, service, clock).await?;
+    let listener = bind(addr).await?;
+    println!("Mercato {} listening on {addr}", app.service);
+    if let Some(admin) = &app.created_admin {
+        match &admin.generated_password {
+            Some(password) => println!("  first admin account created: {}  password: {password}", admin.email),
+            None => println!("  first admin account created: {}", admin.email),
+        }
+    }
+    serve_router(listener, app.router.clone()).await?;
+    app.shutdown().await;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 async fn serve_router(listener: tokio::net::TcpListener, router: axum::Router) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! End-to-end tests of the all-in-one application over HTTP.
+//! End-to-end tests over HTTP: the all-in-one application, and the distributed mode (every
+//! service its own process) in `distributed`.
 
 mod accounts;
 mod addresses;
@@ -8,6 +9,7 @@ mod cart;
 mod catalog;
 mod checkout;
 mod delivery;
+mod distributed;
 mod edge;
 mod events;
 mod helpers;

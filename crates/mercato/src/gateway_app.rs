@@ -1,0 +1,190 @@
+//! The gateway of the distributed mode (`mercato serve gateway`): the public edge (JWT check,
+//! rate limits shared in Redis, CORS, body limits, request and correlation ids, `/internal`
+//! refused) in front of a reverse proxy to the service processes, which it finds in
+//! `cluster.urls`. It owns nothing durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use gateway::proxy::{Balance, Proxy, ProxyConfig, Route};
+use platform::auth::{HttpJwks, TokenVerifier};
+use platform::clock::SharedClock;
+use platform::config::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::app;
+
+/// Which service answers which paths. A pattern covers its path and everything below it; `*`
+/// stands for one segment; the most specific pattern wins.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/.well-known/jwks.json", "identity"),
+    ("/api/v1/auth", "identity"),
+    ("/api/v1/users/me", "identity"),
+    ("/api/v1/admin/users", "identity"),
+    ("/api/v1/categories", "catalog"),
+    ("/api/v1/products", "catalog"),
+    ("/api/v1/search", "catalog"),
+    ("/api/v1/seller/products", "catalog"),
+    ("/api/v1/admin/categories", "catalog"),
+    ("/api/v1/admin/reviews", "catalog"),
+    ("/api/v1/users/me/reviews", "catalog"),
+    ("/api/v1/users/me/wishlist", "catalog"),
+    ("/api/v1/inventory", "inventory"),
+    ("/api/v1/admin/inventory", "inventory"),
+    ("/api/v1/admin/reservations", "inventory"),
+    ("/api/v1/cart", "cart"),
+    ("/api/v1/checkout", "orders"),
+    ("/api/v1/orders", "orders"),
+    ("/api/v1/seller/orders", "orders"),
+    ("/api/v1/admin/orders", "orders"),
+    ("/api/v1/admin/coupons", "orders"),
+    ("/api/v1/admin/returns", "orders"),
+    ("/api/v1/payments", "payments"),
+    ("/api/v1/admin/payments", "payments"),
+    ("/psp", "payments"),
+    ("/api/v1/users/me/notifications", "notifications"),
+    ("/api/v1/admin/notifications", "notifications"),
+    ("/api/v1/delivery", "delivery"),
+    ("/api/v1/admin/delivery", "delivery"),
+    ("/api/v1/orders/*/tracking", "delivery"),
+];
+
+/// Streams that stay open: no response timeout.
+const STREAMS: &[&str] = &["/api/v1/orders/*/events", "/api/v1/admin/orders/live"];
+
+/// The route table with its timeouts.
+pub fn routes(config: &Config) -> Vec<Route> {
+    let timeout = Duration::from_secs(config.http.request_timeout_secs.max(1));
+    ROUTES
+        .iter()
+        .map(|(pattern, service)| Route {
+            pattern: (*pattern).to_owned(),
+            service: (*service).to_owned(),
+            timeout: Some(timeout),
+        })
+        .chain(STREAMS.iter().map(|pattern| Route {
+            pattern: (*pattern).to_owned(),
+            service: "orders".to_owned(),
+            timeout: None,
+        }))
+        .collect()
+}
+
+/// A running gateway: its router and the handle to stop its health checks.
+pub struct GatewayApp {
+    pub router: Router,
+    pub proxy: Arc<Proxy>,
+    cancel: CancellationToken,
+}
+
+impl GatewayApp {
+    pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        platform::telemetry::metrics_handle();
+        let cancel = CancellationToken::new();
+        let mut upstreams = std::collections::BTreeMap::new();
+        for service in crate::service::SERVICES {
+            let urls = config.service_urls(service);
+            anyhow::ensure!(
+                !urls.is_empty(),
+                "the gateway has no address for {service}; set MERCATO_CLUSTER__URLS__{}",
+                service.to_uppercase()
+            );
+            upstreams.insert(service.to_owned(), urls);
+        }
+        let g = &config.gateway;
+        let proxy = Proxy::new(ProxyConfig {
+            routes: routes(&config),
+            upstreams,
+            balance: match g.balance {
+                platform::config::Balance::RoundRobin => Balance::RoundRobin,
+                platform::config::Balance::LeastConnections => Balance::LeastConnections,
+            },
+            health_path: "/health/ready".to_owned(),
+            health_interval: Duration::from_millis(g.health_interval_ms.max(100)),
+            eject_after: g.eject_after.max(1),
+            eject_for: Duration::from_secs(g.eject_secs.max(1)),
+            retries: g.retries,
+            connect_timeout: Duration::from_millis(g.connect_timeout_ms.max(1)),
+            max_retry_body_bytes: config.http.body_limit_bytes,
+        })
+        .context("invalid gateway configuration")?;
+        proxy.spawn_health_checks(cancel.clone());
+
+        let verifier = Arc::new(TokenVerifier::new(
+            Arc::new(HttpJwks {
+                url: crate::service::jwks_url(&config)?,
+                client: reqwest::Client::new(),
+            }),
+            &config.auth.issuer,
+            &config.auth.audience,
+        ));
+        let for_ready = proxy.clone();
+        let for_status = proxy.clone();
+        let own = Router::new()
+            .route(
+                "/health/live",
+                get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route(
+                "/health/ready",
+                get(move || {
+                    let proxy = for_ready.clone();
+                    async move {
+                        let ready = proxy.ready().await;
+                        let status = if ready {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let body = serde_json::json!({
+                            "status": if ready { "ok" } else { "unavailable" },
+                            "upstreams": proxy.status(),
+                        });
+                        (status, Json(body)).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/admin/gateway/upstreams",
+                get(move |_admin: platform::auth::Admin| {
+                    let proxy = for_status.clone();
+                    async move { Json(serde_json::json!({ "items": proxy.status() })) }
+                }),
+            )
+            .route("/metrics", get(|| async { platform::telemetry::render_metrics() }))
+            .merge(gateway::docs_router(app::openapi()));
+        let edge = gateway::Edge {
+            mode: gateway::EdgeMode::Gateway,
+            http: config.http.clone(),
+            rate_limit: config.rate_limit.clone(),
+            limiter: app::build_rate_limiter(&config, clock).await?,
+            public_routes: app::public_routes(),
+            verifier,
+        };
+        let router = edge.wrap_keeping_fallback(own.merge(proxy.router()));
+        Ok(Self { router, proxy, cancel })
+    }
+
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_route_is_served_by_a_known_service() {
+        for (pattern, service) in ROUTES {
+            assert!(
+                crate::service::SERVICES.contains(service),
+                "{pattern} → {service} is not a service"
+            );
+        }
+    }
+}

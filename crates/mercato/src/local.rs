@@ -1,0 +1,263 @@
+//! The calls one service makes to another, answered in process: the all-in-one mode's
+//! side of each client trait. `crate::peers` holds the same traits over HTTP.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cart::Cart;
+use catalog::Catalog;
+use identity::Identity;
+use inventory::Inventory;
+
+/// The catalog as the cart calls it, in process.
+pub struct CatalogProducts(pub Arc<Catalog>);
+
+#[async_trait]
+impl cart::service::Products for CatalogProducts {
+    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<cart::service::SkuInfo>> {
+        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(details
+            .into_iter()
+            .map(|d| cart::service::SkuInfo {
+                sku: d.sku,
+                product_id: d.product_id,
+                name: d.name,
+                slug: d.slug,
+                image: d.image,
+                price: d.price,
+                currency: d.currency,
+                active: d.on_sale,
+            })
+            .collect())
+    }
+}
+
+/// Inventory as the cart calls it, in process.
+pub struct InventoryStock(pub Arc<Inventory>);
+
+#[async_trait]
+impl cart::service::Stock for InventoryStock {
+    async fn available(&self, skus: &[String]) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+        let stocks = self.0.stocks(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(stocks.into_iter().map(|s| (s.sku.clone(), s.sellable())).collect())
+    }
+}
+
+/// Identity's accounts as delivery checks its agents, in process.
+pub struct IdentityAgents(pub Arc<Identity>);
+
+#[async_trait]
+impl delivery::AgentDirectory for IdentityAgents {
+    async fn user(&self, user: uuid::Uuid) -> anyhow::Result<Option<delivery::DirectoryUser>> {
+        match self.0.user(user).await {
+            Ok(row) => Ok(Some(delivery::DirectoryUser {
+                full_name: row.full_name,
+                role: row.role,
+                active: row.disabled_at.is_none(),
+            })),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+/// Identity's contact details as notifications reads them, in process.
+pub struct IdentityContacts(pub Arc<Identity>);
+
+#[async_trait]
+impl notifications::Directory for IdentityContacts {
+    async fn contact(&self, user: uuid::Uuid) -> anyhow::Result<Option<notifications::Contact>> {
+        match self.0.user(user).await {
+            Ok(row) => Ok(Some(notifications::Contact {
+                email: row.email,
+                full_name: row.full_name,
+            })),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+/// The mailer the configuration asks for: `.eml` files under `<data dir>/mail`, or SMTP.
+
+/// The cart as checkout reads it, in process.
+pub struct CartLines(pub Arc<Cart>);
+
+#[async_trait]
+impl orders::service::Carts for CartLines {
+    async fn lines(&self, user: uuid::Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
+        let lines = self
+            .0
+            .quantities(&cart::service::Owner::User(user))
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(lines
+            .into_iter()
+            .map(|(sku, quantity)| orders::service::CartLine { sku, quantity })
+            .collect())
+    }
+}
+
+/// The catalog's prices as checkout reads them, in process.
+pub struct CatalogPrices(pub Arc<Catalog>);
+
+#[async_trait]
+impl orders::service::Prices for CatalogPrices {
+    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<orders::service::PricedSku>> {
+        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(details
+            .into_iter()
+            .map(|d| orders::service::PricedSku {
+                sku: d.sku,
+                product_id: d.product_id,
+                seller_id: d.seller_id,
+                name: d.name,
+                price: d.price,
+                currency: d.currency,
+                on_sale: d.on_sale,
+            })
+            .collect())
+    }
+}
+
+/// Identity's addresses and emails as checkout reads them, in process.
+pub struct IdentityCustomers(pub Arc<Identity>);
+
+#[async_trait]
+impl orders::service::Customers for IdentityCustomers {
+    async fn address(&self, user: uuid::Uuid, id: uuid::Uuid) -> anyhow::Result<Option<orders::service::Address>> {
+        match self.0.address(user, id).await {
+            Ok(row) => Ok(Some(orders::service::Address {
+                full_name: row.full_name,
+                phone: row.phone,
+                line1: row.line1,
+                line2: row.line2,
+                city: row.city,
+                region: row.region,
+                postal_code: row.postal_code,
+                country: row.country,
+            })),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+
+    async fn email(&self, user: uuid::Uuid) -> anyhow::Result<Option<String>> {
+        match self.0.user(user).await {
+            Ok(row) => Ok(Some(row.email)),
+            Err(platform::ApiError::NotFound(_)) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+/// Inventory's reservations as checkout calls them, in process.
+pub struct InventoryReservations(pub Arc<Inventory>);
+
+#[async_trait]
+impl orders::service::Stock for InventoryReservations {
+    async fn reserve(
+        &self,
+        order_id: uuid::Uuid,
+        lines: &[orders::service::CartLine],
+        correlation_id: Option<&str>,
+    ) -> Result<(), orders::service::StockRefusal> {
+        let lines: Vec<inventory::domain::Line> = lines
+            .iter()
+            .map(|l| inventory::domain::Line {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+            })
+            .collect();
+        let ctx = inventory::Context {
+            actor: None,
+            correlation_id,
+        };
+        match self.0.reserve(&order_id.to_string(), &lines, None, ctx).await {
+            Ok(_) => Ok(()),
+            Err(inventory::service::ReserveError::Short(short)) => Err(orders::service::StockRefusal::Short(
+                short
+                    .into_iter()
+                    .map(|s| orders::service::Shortage {
+                        sku: s.sku,
+                        requested: s.requested,
+                        available: s.available,
+                    })
+                    .collect(),
+            )),
+            Err(inventory::service::ReserveError::Api(err)) => {
+                Err(orders::service::StockRefusal::Failed(anyhow::anyhow!("{err}")))
+            }
+        }
+    }
+
+    async fn release(&self, order_id: uuid::Uuid, correlation_id: Option<&str>) -> anyhow::Result<()> {
+        let ctx = inventory::Context {
+            actor: None,
+            correlation_id,
+        };
+        match self
+            .0
+            .release(&order_id.to_string(), inventory::domain::ReleaseReason::Cancelled, ctx)
+            .await
+        {
+            Ok(_) | Err(platform::ApiError::NotFound(_) | platform::ApiError::Conflict(_)) => Ok(()),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+}
+
+/// Payments as checkout and the orders consumers call them, in process.
+pub struct PaymentsForOrders(pub Arc<payments::Payments>);
+
+#[async_trait]
+impl orders::service::Payments for PaymentsForOrders {
+    async fn start(
+        &self,
+        request: orders::service::StartPayment,
+    ) -> Result<orders::service::StartedPayment, platform::ApiError> {
+        let method = payments::domain::Method::parse(&request.method)
+            .ok_or_else(|| platform::ApiError::validation("payment_method", "is not a payment method"))?;
+        let view = self
+            .0
+            .create_for_order(payments::service::CreatePayment {
+                order_id: request.order_id,
+                order_number: request.order_number,
+                user_id: request.user_id,
+                method,
+                amount_minor: request.amount_minor,
+                currency: request.currency,
+                correlation_id: request.correlation_id,
+            })
+            .await?;
+        Ok(orders::service::StartedPayment {
+            id: view.id.to_string(),
+            method: view.method.as_str().to_owned(),
+            status: view.status.as_str().to_owned(),
+            redirect_url: view.redirect_url,
+        })
+    }
+
+    async fn refund(
+        &self,
+        order_id: uuid::Uuid,
+        amount: Option<i64>,
+        reason: &str,
+        key: &str,
+        correlation_id: Option<&str>,
+    ) -> Result<(), platform::ApiError> {
+        self.0
+            .refund_order(
+                order_id,
+                payments::service::RefundRequest {
+                    amount_minor: amount,
+                    reason: Some(reason.to_owned()),
+                    idempotency_key: key.to_owned(),
+                    actor: None,
+                    correlation_id: correlation_id.map(str::to_owned),
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+}

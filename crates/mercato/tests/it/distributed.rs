@@ -1,0 +1,379 @@
+//! The distributed mode for real: `scripts/stack.sh` starts every service in its own process
+//! (two replicas of catalog and of orders) and the gateway, on the local PostgreSQL, Redis and
+//! NATS JetStream; the journey goes through the gateway only. Needs
+//! `MERCATO_TEST_POSTGRES_URL`, `MERCATO_TEST_NATS_URL` and `MERCATO_TEST_REDIS_URL` (CI sets
+//! them).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{token_of, Reply, ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
+
+/// A running stack; stopped and forgotten (databases, stream, Redis keys) when dropped.
+struct Stack {
+    url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    client: reqwest::Client,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/stack.sh")
+}
+
+/// A base port with the eleven ports above it free.
+fn free_base() -> u16 {
+    let seed = u16::try_from(std::process::id() % 1_000).unwrap_or(0);
+    (0..200u16)
+        .map(|i| 21_000 + ((seed + i * 37) % 1_000) * 16)
+        .find(|base| (0..12).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok()))
+        .expect("a free port range")
+}
+
+impl Stack {
+    /// `None` when the test servers are not configured.
+    fn start() -> Option<Self> {
+        let (Ok(pg), Ok(nats), Ok(redis)) = (
+            std::env::var("MERCATO_TEST_POSTGRES_URL"),
+            std::env::var("MERCATO_TEST_NATS_URL"),
+            std::env::var("MERCATO_TEST_REDIS_URL"),
+        ) else {
+            eprintln!("MERCATO_TEST_POSTGRES_URL, _NATS_URL and _REDIS_URL are not all set: distributed test skipped");
+            return None;
+        };
+        // The server, without the test database's name.
+        let server = match pg.rsplit_once('/') {
+            Some((server, _)) if server.contains("://") && !server.ends_with('/') => server.to_owned(),
+            _ => pg.clone(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_base();
+        let name = format!("t{}_{}", std::process::id(), port);
+        let env = vec![
+            ("MERCATO_BIN".to_owned(), env!("CARGO_BIN_EXE_mercato").to_owned()),
+            ("STACK_DIR".to_owned(), dir.path().display().to_string()),
+            ("STACK_PORT".to_owned(), port.to_string()),
+            ("STACK_NAME".to_owned(), name),
+            ("STACK_FRESH".to_owned(), "1".to_owned()),
+            ("POSTGRES_URL".to_owned(), server),
+            ("NATS_URL".to_owned(), nats),
+            ("REDIS_URL".to_owned(), redis),
+            ("MERCATO_ADMIN_EMAIL".to_owned(), ADMIN_EMAIL.to_owned()),
+            ("MERCATO_ADMIN_PASSWORD".to_owned(), ADMIN_PASSWORD.to_owned()),
+            ("MERCATO_LOG_FORMAT".to_owned(), "json".to_owned()),
+        ];
+        let stack = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            env,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        stack.run(&["start"]);
+        Some(stack)
+    }
+
+    fn run(&self, args: &[&str]) {
+        let output = Command::new("bash")
+            .arg(script())
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("the stack script runs");
+        assert!(
+            output.status.success(),
+            "stack.sh {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The port of one process (`catalog-2`), as the script numbers them.
+    fn port_of(&self, process: &str) -> u16 {
+        let offset = match process {
+            "identity-1" => 1,
+            "catalog-1" => 2,
+            "catalog-2" => 3,
+            "orders-1" => 6,
+            "orders-2" => 7,
+            "notifications-1" => 9,
+            other => panic!("no port known for {other}"),
+        };
+        self.port + offset
+    }
+
+    async fn call(&self, base: &str, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = self.client.request(method, format!("{base}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body read");
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(&self.url, Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(&self.url, Method::POST, path, token, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(&self.url, Method::PUT, path, token, Some(body)).await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            let _ = Command::new("bash")
+                .arg(script())
+                .args(args)
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output();
+        };
+        run(&["stop"]);
+        run(&["drop"]);
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    platform::testing::eventually(Duration::from_secs(30), check)
+        .await
+        .unwrap_or_else(|| panic!("{what} did not happen within 30 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_process() {
+    let Some(stack) = Stack::start() else {
+        return;
+    };
+    let admin = token_of(
+        &stack
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+            )
+            .await
+            .expect(200)
+            .body,
+    );
+
+    // The catalog (admin) → inventory learns the SKU from product.created over NATS.
+    let category = stack
+        .post("/api/v1/admin/categories", Some(&admin), json!({"name": "Distributed"}))
+        .await
+        .expect(201)
+        .body;
+    let product = stack
+        .post(
+            "/api/v1/products",
+            Some(&admin),
+            json!({
+                "name": "Stratus Rain Jacket", "brand": "Acme", "category_id": category["id"],
+                "status": "active", "description": "Keeps the rain out.",
+                "variants": [{"sku": "DIST-1", "price": 1_250}],
+            }),
+        )
+        .await
+        .expect(201)
+        .body;
+    eventually("inventory learning DIST-1", || async {
+        (stack.get("/api/v1/admin/inventory/DIST-1", Some(&admin)).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    stack
+        .put("/api/v1/admin/inventory/DIST-1", Some(&admin), json!({"on_hand": 10}))
+        .await
+        .expect(200);
+
+    // Each catalog replica indexes the product from the events itself.
+    for replica in ["catalog-1", "catalog-2"] {
+        let base = format!("http://127.0.0.1:{}", stack.port_of(replica));
+        eventually(&format!("{replica} finding the product"), || async {
+            let found = stack
+                .call(&base, Method::GET, "/api/v1/search?q=stratus", None, None)
+                .await
+                .body;
+            (found["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|i| i["id"] == product["id"])))
+            .then_some(())
+        })
+        .await;
+    }
+
+    // The customer: cart (cart calls catalog and inventory), checkout (orders calls cart,
+    // catalog, inventory and payments), the hosted page and its webhook (payments).
+    let customer = stack
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "far@example.com", "full_name": "Far Away", "password": PASSWORD}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let token = token_of(&customer);
+    let cart = stack
+        .post(
+            "/api/v1/cart/items",
+            Some(&token),
+            json!({"sku": "DIST-1", "quantity": 2}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(cart["subtotal"], 2_500, "{cart}");
+    assert_eq!(cart["lines"][0]["name"], "Stratus Rain Jacket", "{cart}");
+    stack
+        .post(
+            "/api/v1/cart/items",
+            Some(&token),
+            json!({"sku": "DIST-1", "quantity": 11}),
+        )
+        .await
+        .expect_problem(409);
+
+    let response = stack
+        .client
+        .post(format!("{}/api/v1/checkout", stack.url))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "distributed-1")
+        .json(&json!({
+            "payment_method": "card",
+            "shipping_address": {
+                "full_name": "Far Away", "line1": "1 Long Road", "city": "Berlin",
+                "postal_code": "10115", "country": "DE", "phone": "+49 30 1234567",
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let placed: Value = response.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    let number = placed["order"]["number"].as_str().unwrap().to_owned();
+    assert_eq!(placed["order"]["totals"]["subtotal"], 2_500, "{placed}");
+    let stock = stack
+        .get("/api/v1/admin/inventory/DIST-1", Some(&admin))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(stock["reserved"], 2, "the reservation went through inventory: {stock}");
+
+    let redirect = placed["payment"]["redirect_url"].as_str().unwrap();
+    assert!(
+        redirect.starts_with(&stack.url),
+        "the hosted page is behind the gateway: {redirect}"
+    );
+    let page = stack.client.get(redirect).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let approved = stack.client.post(format!("{redirect}/approve")).send().await.unwrap();
+    assert!(approved.status().is_success(), "{}", approved.status());
+
+    let path = format!("/api/v1/orders/{order_id}");
+    eventually("the order becoming paid", || async {
+        (stack.get(&path, Some(&token)).await.body["status"] == "paid").then_some(())
+    })
+    .await;
+    eventually("inventory committing the reservation", || async {
+        let stock = stack.get("/api/v1/admin/inventory/DIST-1", Some(&admin)).await.body;
+        (stock["on_hand"] == 8 && stock["reserved"] == 0).then_some(())
+    })
+    .await;
+    // Delivery made a shipment; notifications mailed the customer, whose address came from
+    // identity over HTTP.
+    eventually("a shipment to track", || async {
+        let tracking = stack
+            .get(&format!("/api/v1/orders/{order_id}/tracking"), Some(&token))
+            .await;
+        (tracking.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let mail_dir = stack.dir.path().join("data/notifications-1/mail");
+    eventually("the order email", || async {
+        let mails = std::fs::read_dir(&mail_dir).ok()?;
+        mails
+            .filter_map(Result::ok)
+            .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
+            .any(|mail| mail.contains("far@example.com") && mail.contains(&number))
+            .then_some(())
+    })
+    .await;
+    // Both orders replicas answer for the same order.
+    for replica in ["orders-1", "orders-2"] {
+        let base = format!("http://127.0.0.1:{}", stack.port_of(replica));
+        let order = stack
+            .call(&base, Method::GET, &path, Some(&token), None)
+            .await
+            .expect(200);
+        assert_eq!(order.body["status"], "paid");
+    }
+
+    internal_routes_answer_services_only_and_the_gateway_never_proxies_them(&stack, &customer, &token).await;
+}
+
+/// (Part of the journey's test: one stack per test run is what this machine affords.)
+async fn internal_routes_answer_services_only_and_the_gateway_never_proxies_them(
+    stack: &Stack,
+    customer: &Value,
+    token: &str,
+) {
+    let token = token.to_owned();
+    let user_id = customer["user"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/internal/v1/users/{user_id}");
+
+    stack.get(&path, Some(&token)).await.expect_problem(404);
+    let identity = format!("http://127.0.0.1:{}", stack.port_of("identity-1"));
+    stack
+        .call(&identity, Method::GET, &path, Some(&token), None)
+        .await
+        .expect_problem(401);
+    let wrong = stack
+        .client
+        .get(format!("{identity}{path}"))
+        .header("x-service-token", "x".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    let secret = std::fs::read_to_string(stack.dir.path().join("service-token")).unwrap();
+    let user: Value = stack
+        .client
+        .get(format!("{identity}{path}"))
+        .header("x-service-token", secret.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(user["email"], "far@example.com");
+    assert_eq!(user["active"], true);
+}
