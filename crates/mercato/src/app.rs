@@ -233,6 +233,7 @@ pub fn build_delivery(
     delivery::Delivery::new(db, clock, settings, agents)
 }
 
+/// The mailer the configuration asks for: `.eml` files under `<data dir>/mail`, or SMTP.
 pub fn build_mailer(config: &Config) -> anyhow::Result<Arc<dyn notifications::Mailer>> {
     use platform::config::{MailerKind, SmtpTls};
     let n = &config.notifications;

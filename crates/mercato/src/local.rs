@@ -78,8 +78,6 @@ impl notifications::Directory for IdentityContacts {
     }
 }
 
-/// The mailer the configuration asks for: `.eml` files under `<data dir>/mail`, or SMTP.
-
 /// The cart as checkout reads it, in process.
 pub struct CartLines(pub Arc<Cart>);
 
