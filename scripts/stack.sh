@@ -97,6 +97,8 @@ common_env() {
   export MERCATO_CLUSTER__SERVICE_TOKEN="${MERCATO_CLUSTER__SERVICE_TOKEN:-$(service_token)}"
   export MERCATO_PUBLIC_URL="http://127.0.0.1:${STACK_PORT}"
   export MERCATO_CATALOG__SEED_PRODUCTS=0
+  # Eleven processes on one PostgreSQL (100 connections by default) beside whatever else uses it.
+  export MERCATO_DATABASE__MAX_CONNECTIONS="${MERCATO_DATABASE__MAX_CONNECTIONS:-5}"
   for s in "${SERVICES[@]}"; do
     export "MERCATO_DATABASE__URLS__${s^^}=${POSTGRES_URL}/$(db_name "$s")"
     export "MERCATO_CLUSTER__URLS__${s^^}=$(urls_of "$s")"
