@@ -48,6 +48,51 @@ pub mod wire {
         pub on_sale: bool,
     }
 
+    impl From<catalog::service::SkuDetails> for Sku {
+        fn from(d: catalog::service::SkuDetails) -> Self {
+            Self {
+                sku: d.sku,
+                product_id: d.product_id,
+                name: d.name,
+                slug: d.slug,
+                seller_id: d.seller_id,
+                image: d.image,
+                price: d.price,
+                currency: d.currency,
+                on_sale: d.on_sale,
+            }
+        }
+    }
+
+    impl From<Sku> for cart::service::SkuInfo {
+        fn from(d: Sku) -> Self {
+            Self {
+                sku: d.sku,
+                product_id: d.product_id,
+                name: d.name,
+                slug: d.slug,
+                image: d.image,
+                price: d.price,
+                currency: d.currency,
+                active: d.on_sale,
+            }
+        }
+    }
+
+    impl From<Sku> for orders::service::PricedSku {
+        fn from(d: Sku) -> Self {
+            Self {
+                sku: d.sku,
+                product_id: d.product_id,
+                seller_id: d.seller_id,
+                name: d.name,
+                price: d.price,
+                currency: d.currency,
+                on_sale: d.on_sale,
+            }
+        }
+    }
+
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct Line {
         pub sku: String,
@@ -67,6 +112,36 @@ pub mod wire {
         pub full_name: String,
         pub role: String,
         pub active: bool,
+    }
+
+    impl From<identity::store::UserRow> for User {
+        fn from(row: identity::store::UserRow) -> Self {
+            Self {
+                email: row.email,
+                full_name: row.full_name,
+                role: row.role,
+                active: row.disabled_at.is_none(),
+            }
+        }
+    }
+
+    impl From<User> for delivery::DirectoryUser {
+        fn from(u: User) -> Self {
+            Self {
+                full_name: u.full_name,
+                role: u.role,
+                active: u.active,
+            }
+        }
+    }
+
+    impl From<User> for notifications::Contact {
+        fn from(u: User) -> Self {
+            Self {
+                email: u.email,
+                full_name: u.full_name,
+            }
+        }
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,13 +222,7 @@ pub fn identity(identity: Arc<Identity>) -> Router {
 }
 
 async fn user(State(identity): State<Arc<Identity>>, Path(id): Path<Uuid>) -> Result<Json<wire::User>, ApiError> {
-    let row = identity.user(id).await?;
-    Ok(Json(wire::User {
-        email: row.email,
-        full_name: row.full_name,
-        role: row.role,
-        active: row.disabled_at.is_none(),
-    }))
+    Ok(Json(identity.user(id).await?.into()))
 }
 
 async fn address(
@@ -180,22 +249,7 @@ async fn skus(
     Query(list): Query<SkuList>,
 ) -> Result<Json<Vec<wire::Sku>>, ApiError> {
     let details = catalog.sku_details(&list.parse()?).await?;
-    Ok(Json(
-        details
-            .into_iter()
-            .map(|d| wire::Sku {
-                sku: d.sku,
-                product_id: d.product_id,
-                name: d.name,
-                slug: d.slug,
-                seller_id: d.seller_id,
-                image: d.image,
-                price: d.price,
-                currency: d.currency,
-                on_sale: d.on_sale,
-            })
-            .collect(),
-    ))
+    Ok(Json(details.into_iter().map(wire::Sku::from).collect()))
 }
 
 // ----- inventory -----------------------------------------------------------------------------

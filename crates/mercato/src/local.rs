@@ -9,26 +9,33 @@ use catalog::Catalog;
 use identity::Identity;
 use inventory::Inventory;
 
+use crate::internal::wire;
+
+/// The catalog's SKUs as other services see them.
+async fn skus(catalog: &Catalog, skus: &[String]) -> anyhow::Result<Vec<wire::Sku>> {
+    let details = catalog
+        .sku_details(skus)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    Ok(details.into_iter().map(wire::Sku::from).collect())
+}
+
+/// A user as other services see them; `None` for an unknown one.
+async fn user(identity: &Identity, id: uuid::Uuid) -> anyhow::Result<Option<wire::User>> {
+    match identity.user(id).await {
+        Ok(row) => Ok(Some(row.into())),
+        Err(platform::ApiError::NotFound(_)) => Ok(None),
+        Err(err) => Err(anyhow::anyhow!("{err}")),
+    }
+}
+
 /// The catalog as the cart calls it, in process.
 pub struct CatalogProducts(pub Arc<Catalog>);
 
 #[async_trait]
 impl cart::service::Products for CatalogProducts {
-    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<cart::service::SkuInfo>> {
-        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(details
-            .into_iter()
-            .map(|d| cart::service::SkuInfo {
-                sku: d.sku,
-                product_id: d.product_id,
-                name: d.name,
-                slug: d.slug,
-                image: d.image,
-                price: d.price,
-                currency: d.currency,
-                active: d.on_sale,
-            })
-            .collect())
+    async fn skus(&self, wanted: &[String]) -> anyhow::Result<Vec<cart::service::SkuInfo>> {
+        Ok(skus(&self.0, wanted).await?.into_iter().map(Into::into).collect())
     }
 }
 
@@ -48,16 +55,8 @@ pub struct IdentityAgents(pub Arc<Identity>);
 
 #[async_trait]
 impl delivery::AgentDirectory for IdentityAgents {
-    async fn user(&self, user: uuid::Uuid) -> anyhow::Result<Option<delivery::DirectoryUser>> {
-        match self.0.user(user).await {
-            Ok(row) => Ok(Some(delivery::DirectoryUser {
-                full_name: row.full_name,
-                role: row.role,
-                active: row.disabled_at.is_none(),
-            })),
-            Err(platform::ApiError::NotFound(_)) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
+    async fn user(&self, id: uuid::Uuid) -> anyhow::Result<Option<delivery::DirectoryUser>> {
+        Ok(user(&self.0, id).await?.map(Into::into))
     }
 }
 
@@ -66,15 +65,8 @@ pub struct IdentityContacts(pub Arc<Identity>);
 
 #[async_trait]
 impl notifications::Directory for IdentityContacts {
-    async fn contact(&self, user: uuid::Uuid) -> anyhow::Result<Option<notifications::Contact>> {
-        match self.0.user(user).await {
-            Ok(row) => Ok(Some(notifications::Contact {
-                email: row.email,
-                full_name: row.full_name,
-            })),
-            Err(platform::ApiError::NotFound(_)) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
+    async fn contact(&self, id: uuid::Uuid) -> anyhow::Result<Option<notifications::Contact>> {
+        Ok(user(&self.0, id).await?.map(Into::into))
     }
 }
 
@@ -101,20 +93,8 @@ pub struct CatalogPrices(pub Arc<Catalog>);
 
 #[async_trait]
 impl orders::service::Prices for CatalogPrices {
-    async fn skus(&self, skus: &[String]) -> anyhow::Result<Vec<orders::service::PricedSku>> {
-        let details = self.0.sku_details(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(details
-            .into_iter()
-            .map(|d| orders::service::PricedSku {
-                sku: d.sku,
-                product_id: d.product_id,
-                seller_id: d.seller_id,
-                name: d.name,
-                price: d.price,
-                currency: d.currency,
-                on_sale: d.on_sale,
-            })
-            .collect())
+    async fn skus(&self, wanted: &[String]) -> anyhow::Result<Vec<orders::service::PricedSku>> {
+        Ok(skus(&self.0, wanted).await?.into_iter().map(Into::into).collect())
     }
 }
 
@@ -140,12 +120,8 @@ impl orders::service::Customers for IdentityCustomers {
         }
     }
 
-    async fn email(&self, user: uuid::Uuid) -> anyhow::Result<Option<String>> {
-        match self.0.user(user).await {
-            Ok(row) => Ok(Some(row.email)),
-            Err(platform::ApiError::NotFound(_)) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
+    async fn email(&self, id: uuid::Uuid) -> anyhow::Result<Option<String>> {
+        Ok(user(&self.0, id).await?.map(|u| u.email))
     }
 }
 

@@ -50,14 +50,14 @@ impl Peer {
         body: Option<&serde_json::Value>,
     ) -> Result<reqwest::Response, ApiError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let correlation = platform::telemetry::current_correlation_id();
+        let mut headers = vec![(SERVICE_TOKEN_HEADER, self.token.as_str())];
+        if let Some(id) = correlation.as_deref() {
+            headers.push(("x-correlation-id", id));
+        }
         let mut last = CallError::CircuitOpen;
         for i in 0..self.instances.len() {
             let instance = &self.instances[(start + i) % self.instances.len()];
-            let correlation = platform::telemetry::current_correlation_id();
-            let mut headers = vec![(SERVICE_TOKEN_HEADER, self.token.as_str())];
-            if let Some(id) = correlation.as_deref() {
-                headers.push(("x-correlation-id", id));
-            }
             match instance.call(method.clone(), path, body, &headers).await {
                 Ok(response) => return Ok(response),
                 // Another instance may be up; a request that reached one and failed is not sent
@@ -171,23 +171,14 @@ impl RemoteIdentity {
 #[async_trait]
 impl notifications::Directory for RemoteIdentity {
     async fn contact(&self, user_id: Uuid) -> anyhow::Result<Option<notifications::Contact>> {
-        Ok(self.user(user_id).await?.map(|u| notifications::Contact {
-            email: u.email,
-            full_name: u.full_name,
-        }))
+        Ok(self.user(user_id).await?.map(Into::into))
     }
 }
 
 #[async_trait]
 impl delivery::AgentDirectory for RemoteIdentity {
     async fn user(&self, user_id: Uuid) -> anyhow::Result<Option<delivery::DirectoryUser>> {
-        Ok(RemoteIdentity::user(self, user_id)
-            .await?
-            .map(|u| delivery::DirectoryUser {
-                full_name: u.full_name,
-                role: u.role,
-                active: u.active,
-            }))
+        Ok(RemoteIdentity::user(self, user_id).await?.map(Into::into))
     }
 }
 
@@ -232,16 +223,7 @@ impl cart::service::Products for RemoteCatalog {
         Ok(RemoteCatalog::skus(self, skus)
             .await?
             .into_iter()
-            .map(|d| cart::service::SkuInfo {
-                sku: d.sku,
-                product_id: d.product_id,
-                name: d.name,
-                slug: d.slug,
-                image: d.image,
-                price: d.price,
-                currency: d.currency,
-                active: d.on_sale,
-            })
+            .map(Into::into)
             .collect())
     }
 }
@@ -252,15 +234,7 @@ impl orders::service::Prices for RemoteCatalog {
         Ok(RemoteCatalog::skus(self, skus)
             .await?
             .into_iter()
-            .map(|d| orders::service::PricedSku {
-                sku: d.sku,
-                product_id: d.product_id,
-                seller_id: d.seller_id,
-                name: d.name,
-                price: d.price,
-                currency: d.currency,
-                on_sale: d.on_sale,
-            })
+            .map(Into::into)
             .collect())
     }
 }
