@@ -371,6 +371,11 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// How long a duplicate request waits for the first one to finish.
     pub idempotency_wait: Duration,
+    /// An order still pending this long after it was created is cancelled (`payment_timeout`).
+    /// Normally the reservation's expiry cancels it first; this catches the order whose
+    /// checkout died with its process before the stock was reserved, which nothing else would
+    /// ever close. Set it well above the reservation's time to live.
+    pub unpaid_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -385,6 +390,7 @@ impl Default for Settings {
             return_window: Duration::from_secs(30 * 24 * 3600),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_wait: Duration::from_secs(30),
+            unpaid_timeout: Duration::from_secs(2 * 15 * 60),
         }
     }
 }
@@ -752,13 +758,40 @@ impl Orders {
         self.view_of(applied.order).await
     }
 
-    /// Deletes idempotency keys past their time, now and then.
+    /// Cancels (`payment_timeout`) up to 100 orders pending for longer than the unpaid
+    /// timeout; answers how many it cancelled. Safe beside a late payment: a capture that
+    /// arrives for a cancelled order is refunded by payments.
+    pub async fn cancel_unpaid(&self) -> Result<usize, ApiError> {
+        let timeout = i64::try_from(self.settings.unpaid_timeout.as_millis()).unwrap_or(i64::MAX);
+        let before = self.now().saturating_sub(timeout);
+        let mut cancelled = 0;
+        for id in store::pending_before(self.db.reader(), before, 100).await? {
+            let applied = self
+                .apply(
+                    &id,
+                    Trigger::ReservationExpired,
+                    &Actor::System,
+                    Some("payment_timeout"),
+                    None,
+                    None,
+                )
+                .await?;
+            if applied.moved_from.is_some() {
+                tracing::info!(order_id = %id, "an order pending past the unpaid timeout was cancelled");
+                cancelled += 1;
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Deletes idempotency keys past their time, now and then, and cancels orders left unpaid
+    /// past the unpaid timeout (checked ten times per timeout, at most once a minute apart).
     pub fn spawn_sweeper(self: &Arc<Self>, cancel: CancellationToken) {
         let orders = self.clone();
         platform::periodic::spawn_every(
             "purge expired idempotency keys",
             Duration::from_secs(600),
-            cancel,
+            cancel.clone(),
             move || {
                 let orders = orders.clone();
                 async move {
@@ -767,6 +800,12 @@ impl Orders {
                 }
             },
         );
+        let orders = self.clone();
+        let every = (self.settings.unpaid_timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        platform::periodic::spawn_every("cancel unpaid orders", every, cancel, move || {
+            let orders = orders.clone();
+            async move { orders.cancel_unpaid().await.map_err(|err| anyhow::anyhow!("{err}")) }
+        });
     }
 }
 

@@ -628,6 +628,15 @@ pub async fn release_key(pool: &AnyPool, user_id: &str, key: &str, claim: &str) 
     Ok(())
 }
 
+/// Orders still pending that were created before `before`, oldest first.
+pub async fn pending_before(pool: &AnyPool, before: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM orders WHERE status = 'pending' AND created_at < $1 ORDER BY id LIMIT $2")
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
 pub async fn purge_expired_keys(pool: &AnyPool, now: i64) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
         .bind(now)

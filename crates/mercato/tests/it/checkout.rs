@@ -853,6 +853,60 @@ async fn an_unpaid_order_is_cancelled_when_its_reservation_expires() {
     assert!(app.outboxes_drain().await);
 }
 
+/// The backstop for an order whose checkout died with its process before the stock was
+/// reserved (so no reservation would ever expire): orders itself cancels what stays pending
+/// past twice the reservation's time, and leaves a paid order alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_pending_past_the_unpaid_timeout_is_cancelled_by_orders_itself() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    stocked(&app, &admin, "UNPAID-1", 900, 5).await;
+    let stuck = app.customer_token("stuck@example.com").await;
+    add_to_cart(&app, &stuck, "UNPAID-1", 2).await;
+    let placed = checkout(&app, &stuck, "unpaid-key", card()).await.expect(201).body;
+    let stuck_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    let payer = app.customer_token("payer@example.com").await;
+    add_to_cart(&app, &payer, "UNPAID-1", 1).await;
+    let paid = checkout(&app, &payer, "paid-key", card()).await.expect(201).body;
+    let paid_id = paid["order"]["id"].as_str().unwrap().to_owned();
+    let page_path = path_of(paid["payment"]["redirect_url"].as_str().unwrap());
+    let approved = app
+        .client
+        .post(format!("{}{page_path}/approve", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(approved.status().is_success(), "{}", approved.status());
+    wait_for_status(&app, &payer, &paid_id, "paid").await;
+
+    assert_eq!(
+        app.app.orders.cancel_unpaid().await.unwrap(),
+        0,
+        "nothing is overdue yet"
+    );
+    app.clock.advance(Duration::from_secs(31 * 60));
+    assert_eq!(app.app.orders.cancel_unpaid().await.unwrap(), 1);
+    assert_eq!(app.app.orders.cancel_unpaid().await.unwrap(), 0, "cancelled once");
+    let order = app
+        .get(&format!("/api/v1/orders/{stuck_id}"), Some(&stuck))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(order["status"], "cancelled");
+    assert_eq!(order["cancel_reason"], "payment_timeout");
+    wait_for_status(&app, &payer, &paid_id, "paid").await;
+    let payment = payment_when(&app, &stuck, &stuck_id, |payment| payment["status"] == "cancelled").await;
+    assert!(payment.is_some(), "the payment intent is cancelled with the order");
+    let released = platform::testing::eventually(Duration::from_secs(30), || async {
+        let levels = stock(&app, &admin, "UNPAID-1").await;
+        (levels["reserved"] == 0).then_some(levels)
+    })
+    .await
+    .expect("the stuck order's stock goes back");
+    assert_eq!(released["on_hand"], 4, "the paid unit is gone, the stuck two are back");
+    assert!(app.outboxes_drain().await);
+}
+
 on_both!(
     cancel_after_payment,
     cancelling_a_paid_order_refunds_it_and_puts_the_stock_back
