@@ -120,7 +120,7 @@ where
     if let Some(bytes) = cache.get(&key).await {
         return Ok(json_bytes(bytes));
     }
-    let generation = cache.generation();
+    let generation = cache.generation().await;
     let value = compute.await?;
     let bytes = Bytes::from(serde_json::to_vec(&value).map_err(anyhow::Error::from)?);
     cache.insert(key, bytes.clone(), generation).await;

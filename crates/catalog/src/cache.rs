@@ -1,6 +1,6 @@
 //! The product read cache: serialized responses (product pages, lists, search results) kept
-//! for a short time. In-process (moka) here; a Redis second level comes behind the same trait
-//! in the distributed mode.
+//! for a short time. In-process (moka) here; in the distributed mode a Redis second level
+//! shared by the replicas comes behind the same trait ([`crate::redis_cache`]).
 //!
 //! A read that started before a change must not put the old answer back after the change
 //! invalidated it. Every invalidation bumps a generation; a reader remembers the generation it
@@ -15,7 +15,7 @@ use bytes::Bytes;
 #[async_trait]
 pub trait Cache: Send + Sync {
     /// The current generation, to pass to [`Cache::insert`] after computing a value.
-    fn generation(&self) -> u64;
+    async fn generation(&self) -> u64;
     async fn get(&self, key: &str) -> Option<Bytes>;
     /// Stores `value` unless an invalidation happened after `generation` was read.
     async fn insert(&self, key: String, value: Bytes, generation: u64);
@@ -80,7 +80,7 @@ impl MemoryCache {
 
 #[async_trait]
 impl Cache for MemoryCache {
-    fn generation(&self) -> u64 {
+    async fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
@@ -104,7 +104,7 @@ impl Cache for MemoryCache {
         let part = self.part(&key);
         part.insert(key, value);
         // An invalidation that raced with this read may have run before the insert: undo it.
-        if self.generation() != generation {
+        if self.generation.load(Ordering::SeqCst) != generation {
             part.invalidate_all();
         }
     }
@@ -150,7 +150,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_read_does_not_outlive_the_invalidation_it_raced() {
         let cache = MemoryCache::new(Duration::from_secs(60), 100);
-        let seen = cache.generation();
+        let seen = cache.generation().await;
         // The product changes while the reader is still reading the old row.
         cache.invalidate(&product_keys("p1", &["shoe"])).await;
         cache
@@ -158,7 +158,7 @@ mod tests {
             .await;
         assert_eq!(cache.get("product:p1").await, None);
         // A read that starts afterwards is kept.
-        let seen = cache.generation();
+        let seen = cache.generation().await;
         cache
             .insert("product:p1".to_owned(), Bytes::from_static(b"new"), seen)
             .await;
@@ -168,7 +168,7 @@ mod tests {
     #[tokio::test]
     async fn a_product_change_clears_its_page_and_every_list() {
         let cache = MemoryCache::new(Duration::from_secs(60), 100);
-        let g = cache.generation();
+        let g = cache.generation().await;
         cache.insert("product:p1".to_owned(), Bytes::from_static(b"1"), g).await;
         cache.insert("product:p2".to_owned(), Bytes::from_static(b"2"), g).await;
         cache

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod domain;
 pub mod events;
 pub mod indexer;
+pub mod redis_cache;
 pub mod search;
 pub mod seed;
 pub mod service;

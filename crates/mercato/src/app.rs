@@ -16,7 +16,7 @@ use platform::bus::log::LogBus;
 use platform::bus::nats::{NatsBus, NatsConfig};
 use platform::bus::Bus;
 use platform::clock::{SharedClock, SystemClock};
-use platform::config::{BusKind, CartStoreKind, Config};
+use platform::config::{BusKind, CacheStore, CartStoreKind, Config};
 use platform::consumer::{DeadLetters, EventHandler, IdempotentConsumer};
 use platform::health::HealthChecks;
 use platform::outbox::PLATFORM_MIGRATIONS;
@@ -318,6 +318,8 @@ pub fn build_orders(config: &Config, db: Db, clock: SharedClock, clients: orders
                 .saturating_mul(86_400),
         ),
         idempotency_ttl: Duration::from_secs(config.orders.idempotency_ttl_secs.max(60)),
+        // Twice the reservation's time: the reservation's expiry cancels an unpaid order first.
+        unpaid_timeout: Duration::from_secs(config.inventory.reservation_ttl_secs.max(1).saturating_mul(2)),
         ..orders::Settings::default()
     };
     orders::Orders::new(db, clock, settings, clients)
@@ -341,19 +343,37 @@ pub async fn seed_demo_stock(catalog_db: &Db, inventory: &Inventory) -> anyhow::
         .map_err(|err| anyhow::anyhow!("cannot seed the demo stock: {err}"))
 }
 
-/// Builds the catalog over its database, with its read cache and the search index under
-/// `<data dir>/search`.
-pub fn build_catalog(config: &Config, db: Db, clock: SharedClock) -> anyhow::Result<Catalog> {
+/// Builds the catalog over its database, with its read cache (in memory, or with a Redis
+/// second level) and the search index under `<data dir>/search`.
+pub async fn build_catalog(config: &Config, db: Db, clock: SharedClock) -> anyhow::Result<Catalog> {
     let index =
         catalog::search::SearchIndex::open(&config.data_dir.join("search")).context("cannot open the search index")?;
-    let cache = catalog::cache::MemoryCache::new(
-        Duration::from_secs(config.catalog.cache_ttl_secs),
-        config.catalog.cache_max_entries,
-    );
+    let ttl = Duration::from_secs(config.catalog.cache_ttl_secs);
+    let cache: Arc<dyn catalog::cache::Cache> = match config.catalog.cache_store {
+        CacheStore::Memory => Arc::new(catalog::cache::MemoryCache::new(ttl, config.catalog.cache_max_entries)),
+        CacheStore::Redis => {
+            let url = config
+                .catalog
+                .cache_redis_url
+                .as_deref()
+                .context("catalog.cache_store is redis: set MERCATO_CATALOG__CACHE_REDIS_URL")?;
+            Arc::new(
+                catalog::redis_cache::TieredCache::connect(
+                    url,
+                    &config.catalog.cache_redis_prefix,
+                    ttl,
+                    Duration::from_millis(config.catalog.cache_local_ttl_ms),
+                    config.catalog.cache_max_entries,
+                )
+                .await
+                .context("cannot connect to Redis for the catalog cache")?,
+            )
+        }
+    };
     let settings = catalog::Settings {
         currency: config.catalog.currency.clone(),
     };
-    Ok(Catalog::new(db, clock, Arc::new(cache), Arc::new(index), settings))
+    Ok(Catalog::new(db, clock, cache, Arc::new(index), settings))
 }
 
 /// Seeds the demo catalog and its stock on a first start (no categories yet), unless
@@ -737,7 +757,7 @@ impl App {
 
         let catalog_db = catalog_db(&config).await?;
         dbs.push(catalog_db.clone());
-        let catalog = Arc::new(build_catalog(&config, catalog_db.clone(), clock.clone())?);
+        let catalog = Arc::new(build_catalog(&config, catalog_db.clone(), clock.clone()).await?);
         let inventory_db = inventory_db(&config).await?;
         dbs.push(inventory_db.clone());
         let inventory = Arc::new(build_inventory(&config, inventory_db.clone(), clock.clone()));
@@ -780,6 +800,7 @@ impl App {
             .outbox()
             .spawn_relay(payments::SERVICE, bus.clone(), cancel.clone());
         payments.spawn_sweeper(cancel.clone());
+        payments.spawn_mock_catch_up(cancel.clone());
 
         let orders_db = orders_db(&config).await?;
         dbs.push(orders_db.clone());

@@ -165,7 +165,7 @@ impl ServiceApp {
             }
             catalog::SERVICE => {
                 let db = app::catalog_db(&config).await?;
-                let catalog = Arc::new(app::build_catalog(&config, db.clone(), clock.clone())?);
+                let catalog = Arc::new(app::build_catalog(&config, db.clone(), clock.clone()).await?);
                 catalog
                     .indexer()
                     .catch_up()
@@ -257,6 +257,7 @@ impl ServiceApp {
                     .outbox()
                     .spawn_relay(payments::SERVICE, bus.clone(), cancel.clone());
                 payments.spawn_sweeper(cancel.clone());
+                payments.spawn_mock_catch_up(cancel.clone());
                 let mut part = Part::new(
                     db,
                     payments::api::router(payments.clone(), verifier.clone())

@@ -90,6 +90,14 @@ pub struct RateLimitConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum CacheStore {
+    Memory,
+    /// A second level in Redis; without Redis the cache works from memory alone.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RateLimitStore {
     Memory,
     /// Token buckets in Redis, taken by one Lua script; requests pass while Redis is unreachable.
@@ -149,6 +157,15 @@ pub struct CatalogConfig {
     pub cache_ttl_secs: u64,
     /// How many answers the read cache holds (per part: product pages, lists and searches).
     pub cache_max_entries: u64,
+    /// `memory`: the cache is this process's alone. `redis`: a second level in Redis shared by
+    /// every catalog replica, invalidated by any of them (the distributed mode).
+    pub cache_store: CacheStore,
+    pub cache_redis_url: Option<String>,
+    /// Prepended to every key of the Redis cache.
+    pub cache_redis_prefix: String,
+    /// With `redis`: how long a replica keeps an answer in its own memory in front of Redis
+    /// (the longest another replica's change can go unseen if its event is late).
+    pub cache_local_ttl_ms: u64,
     /// How many demo products a first all-in-one start seeds (0: none).
     pub seed_products: usize,
 }
@@ -458,6 +475,10 @@ impl Default for CatalogConfig {
             currency: "USD".to_owned(),
             cache_ttl_secs: 60,
             cache_max_entries: 50_000,
+            cache_store: CacheStore::Memory,
+            cache_redis_url: None,
+            cache_redis_prefix: "mercato:".to_owned(),
+            cache_local_ttl_ms: 2_000,
             seed_products: 1_000,
         }
     }

@@ -2,4 +2,5 @@
 //! is set) on PostgreSQL, including a property test of list filters and the search index
 //! against a brute-force filter over seeded data.
 
+mod redis_cache;
 mod store;
