@@ -3,6 +3,11 @@
 //! tells the merchant what happened with signed webhooks — optionally on its own (automatic
 //! mode), late, or twice, as real providers do.
 //!
+//! Like them, it survives its own crash: what it decided and what the merchant accepted is in
+//! its tables (`decided_at`, `notified_at`), and a periodic catch-up pass
+//! ([`MockProvider::catch_up`]) makes the automatic decisions a stopped process never made and
+//! delivers again every decision the merchant has not accepted, until it does.
+//!
 //! It reaches the merchant only through a [`WebhookSink`]: the raw body and the
 //! `Mercato-Signature` header, exactly what an HTTP delivery would carry.
 
@@ -14,6 +19,7 @@ use async_trait::async_trait;
 use platform::clock::SharedClock;
 use platform::money::{Currency, Money};
 use platform::store::{is_unique_violation, Db};
+use tokio_util::sync::CancellationToken;
 
 use crate::domain;
 use crate::provider::{
@@ -57,13 +63,24 @@ impl Default for AutoSettings {
     }
 }
 
-/// How often a webhook delivery is tried before the provider gives up on it.
+/// How often one delivery tries a webhook (backing off from [`DELIVERY_BACKOFF`], about 1.5 s
+/// in all) before leaving a decision to the catch-up pass, or giving up on a refund's.
 const DELIVERY_ATTEMPTS: u32 = 5;
 const DELIVERY_BACKOFF: Duration = Duration::from_millis(100);
+/// How long past its due time an automatic decision may still be on its way (its task is
+/// merely late) before the catch-up pass makes it instead.
+const DECISION_GRACE: Duration = Duration::from_secs(2);
+/// How long after a decision its first delivery may still be under way (all its attempts, twice
+/// with duplicate webhooks) before the catch-up pass delivers it again.
+const REDELIVERY_GRACE: Duration = Duration::from_secs(10);
+/// How many intents one catch-up pass takes of each kind; the next pass takes the rest.
+const CATCH_UP_BATCH: i64 = 100;
 
 /// Builds, signs and delivers webhook events.
 #[derive(Clone)]
 struct Courier {
+    /// Where a decision's accepted delivery is recorded.
+    db: Db,
     sink: Weak<dyn WebhookSink>,
     secret: String,
     clock: SharedClock,
@@ -94,35 +111,61 @@ impl Courier {
         serde_json::to_vec(&event).unwrap_or_default()
     }
 
-    /// Delivers `body`, signed at the moment of each attempt, retrying with backoff. Answers
-    /// whether the merchant accepted it.
-    async fn deliver(&self, body: &[u8]) -> bool {
-        for attempt in 0..DELIVERY_ATTEMPTS {
+    /// Delivers `body`, signed at the moment of each attempt, up to `attempts` times with
+    /// backoff. `Err`: the merchant's last refusal.
+    async fn deliver(&self, body: &[u8], attempts: u32) -> Result<(), String> {
+        let mut refusal = String::new();
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(DELIVERY_BACKOFF * 2u32.pow(attempt - 1)).await;
             }
             let Some(sink) = self.sink.upgrade() else {
-                // The merchant is gone (shutting down): nobody to tell.
-                return false;
+                return Err("the merchant is gone (shutting down)".to_owned());
             };
             let signature = domain::sign(&self.secret, self.clock.now_ms() / 1000, body);
             match sink.deliver(body, &signature).await {
                 Ok(()) => {
                     self.delivered.fetch_add(1, Ordering::SeqCst);
-                    return true;
+                    return Ok(());
                 }
-                Err(error) => tracing::warn!(attempt, error, "mock provider: webhook not accepted; will retry"),
+                Err(error) => {
+                    tracing::debug!(attempt, error, "mock provider: webhook not accepted");
+                    refusal = error;
+                }
             }
         }
-        tracing::error!("mock provider: webhook delivery abandoned after {DELIVERY_ATTEMPTS} attempts");
-        false
+        Err(refusal)
     }
 
-    /// Delivers in the background.
-    fn spawn(&self, body: Vec<u8>) {
+    /// Delivers `body`, the webhook of `intent`'s decision, and records when the merchant
+    /// accepted it. Answers whether it did; if not, the catch-up pass delivers the decision again.
+    async fn deliver_decision(&self, intent: &IntentRow, body: &[u8], attempts: u32) -> bool {
+        if let Err(error) = self.deliver(body, attempts).await {
+            tracing::warn!(intent = %intent.id, attempts, error,
+                "mock provider: decision webhook not accepted; it will be delivered again");
+            return false;
+        }
+        if let Err(err) = store::mark_notified(self.db.writer(), &intent.id, self.clock.now_ms()).await {
+            // The merchant applies a decision once however often it hears of it.
+            tracing::warn!(intent = %intent.id, error = %err,
+                "mock provider: an accepted delivery was not recorded; it will be delivered again");
+        }
+        true
+    }
+
+    /// Delivers a refund's webhook in the background, and gives up after [`DELIVERY_ATTEMPTS`]:
+    /// unlike a decision, a refund is answered to the merchant's own call, which the merchant
+    /// repeats (same idempotency key) until it has recorded the answer, so the webhook only
+    /// confirms what it knows.
+    fn spawn_refund(&self, body: Vec<u8>) {
         let courier = self.clone();
         tokio::spawn(async move {
-            courier.deliver(&body).await;
+            if let Err(error) = courier.deliver(&body, DELIVERY_ATTEMPTS).await {
+                tracing::error!(
+                    error,
+                    "mock provider: refund webhook abandoned after {DELIVERY_ATTEMPTS} attempts"
+                );
+            }
         });
     }
 }
@@ -161,6 +204,7 @@ impl MockProvider {
     ) -> Self {
         Self {
             courier: Courier {
+                db: db.clone(),
                 sink,
                 secret: secret.to_owned(),
                 clock: clock.clone(),
@@ -220,7 +264,7 @@ impl MockProvider {
         match store::decide_intent(self.db.writer(), intent_id, status, self.clock.now_ms()).await? {
             Some(intent) => {
                 let body = decision_event(&self.courier, &intent);
-                let delivered = self.courier.deliver(&body).await;
+                let delivered = self.courier.deliver_decision(&intent, &body, DELIVERY_ATTEMPTS).await;
                 Ok(Some(Decision::Decided { intent, delivered }))
             }
             None => Ok(self.intent(intent_id).await?.map(Decision::AlreadyDecided)),
@@ -235,14 +279,13 @@ impl MockProvider {
             if !auto.delay.is_zero() {
                 tokio::time::sleep(auto.delay).await;
             }
-            let approve = rand::random::<f64>() < auto.approve_ratio;
-            let status = if approve { "succeeded" } else { "failed" };
+            let status = auto_status(&auto);
             let intent = match store::decide_intent(db.writer(), &intent.id, status, clock.now_ms()).await {
                 Ok(Some(intent)) => intent,
                 // Cancelled (or decided) meanwhile.
                 Ok(None) => return,
                 Err(err) => {
-                    tracing::error!(intent = %intent.id, error = %err, "mock provider: automatic decision failed");
+                    tracing::error!(intent = %intent.id, error = %err, "mock provider: automatic decision failed; the catch-up pass will make it");
                     return;
                 }
             };
@@ -252,10 +295,75 @@ impl MockProvider {
             }
             let copies = if auto.duplicate_webhooks { 2 } else { 1 };
             for _ in 0..copies {
-                courier.deliver(&body).await;
+                courier.deliver_decision(&intent, &body, DELIVERY_ATTEMPTS).await;
             }
         });
     }
+
+    /// Finishes what a stopped process left undone, as a real provider keeps deciding and
+    /// delivering through its own restarts:
+    ///
+    /// - in automatic mode, decides the intents still undecided more than [`DECISION_GRACE`]
+    ///   after their due time (the decision is the same conditional update as the automatic
+    ///   task's, so a task that is merely late and this pass cannot both decide);
+    /// - delivers again, as a new event, each approval or decline the merchant has not accepted
+    ///   [`REDELIVERY_GRACE`] (plus the configured lateness) after it was made. The merchant
+    ///   applies an outcome once however often it hears of it.
+    ///
+    /// Each delivery is tried once: the next pass is the retry. Answers how many intents it
+    /// decided or had a decision accepted for.
+    pub async fn catch_up(&self) -> Result<usize, sqlx::Error> {
+        let now = self.clock.now_ms();
+        let mut handled = 0;
+        if let Some(auto) = &self.auto {
+            let overdue = now.saturating_sub(millis(auto.delay.saturating_add(DECISION_GRACE)));
+            for id in store::undecided_before(self.db.reader(), overdue, CATCH_UP_BATCH).await? {
+                let decided =
+                    store::decide_intent(self.db.writer(), &id, auto_status(auto), self.clock.now_ms()).await?;
+                // `None`: decided or cancelled meanwhile.
+                if let Some(intent) = decided {
+                    handled += 1;
+                    let body = decision_event(&self.courier, &intent);
+                    self.courier.deliver_decision(&intent, &body, 1).await;
+                }
+            }
+        }
+        let late = self
+            .auto
+            .as_ref()
+            .map_or(Duration::ZERO, |auto| Duration::from_millis(auto.late_ms));
+        let quiet_since = now.saturating_sub(millis(REDELIVERY_GRACE.saturating_add(late)));
+        for intent in store::unnotified_before(self.db.reader(), quiet_since, CATCH_UP_BATCH).await? {
+            let body = decision_event(&self.courier, &intent);
+            if self.courier.deliver_decision(&intent, &body, 1).await {
+                handled += 1;
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Runs [`MockProvider::catch_up`] at once (a restart is when it matters most) and then
+    /// every `interval` until cancelled. Idle, a pass costs two indexed queries.
+    pub fn spawn_catch_up(self: &Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        let provider = self.clone();
+        platform::periodic::spawn_every("mock provider catch-up", interval, cancel, move || {
+            let provider = provider.clone();
+            async move { provider.catch_up().await.map_err(anyhow::Error::from) }
+        });
+    }
+}
+
+/// An automatic decision: approved with the configured probability.
+fn auto_status(auto: &AutoSettings) -> &'static str {
+    if rand::random::<f64>() < auto.approve_ratio {
+        "succeeded"
+    } else {
+        "failed"
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn decision_event(courier: &Courier, intent: &IntentRow) -> Vec<u8> {
@@ -293,6 +401,7 @@ impl Provider for MockProvider {
             return_url: request.return_url,
             created_at: self.clock.now_ms(),
             decided_at: None,
+            notified_at: None,
         };
         store::insert_intent(self.db.writer(), &intent)
             .await
@@ -367,7 +476,7 @@ impl Provider for MockProvider {
             data.refund_id = Some(refund.id.clone());
             data.amount_refunded_minor = Some(intent.refunded_minor);
         });
-        self.courier.spawn(body);
+        self.courier.spawn_refund(body);
         Ok(ProviderRefund {
             id: refund.id,
             amount_minor,
@@ -526,6 +635,7 @@ mod tests {
             return_url: "https://shop.test/orders/1?a=1&b=\"2\"".into(),
             created_at: 0,
             decided_at: None,
+            notified_at: None,
         }
     }
 

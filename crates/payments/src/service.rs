@@ -68,6 +68,9 @@ pub struct Settings {
     pub mock_auto: Option<AutoSettings>,
     /// How often the sweeper retries owed refunds and tidies unfinished work.
     pub sweep_interval: Duration,
+    /// How often the mock provider looks for decisions it still owes (automatic mode) and
+    /// webhooks the merchant has not accepted. Short: after a crash, checkouts wait on it.
+    pub mock_catch_up_interval: Duration,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             breaker_open_for: Duration::from_secs(30),
             mock_auto: None,
             sweep_interval: Duration::from_secs(30),
+            mock_catch_up_interval: Duration::from_secs(1),
         }
     }
 }
@@ -1072,6 +1076,15 @@ impl Payments {
             let payments = payments.clone();
             async move { payments.sweep().await.map_err(|err| anyhow::anyhow!("{err}")) }
         });
+    }
+
+    /// Runs the mock provider's catch-up pass ([`MockProvider::catch_up`]) every
+    /// `mock_catch_up_interval` until cancelled; nothing with another provider. Its work lives in
+    /// this process, so it starts wherever payments runs.
+    pub fn spawn_mock_catch_up(&self, cancel: CancellationToken) {
+        if let Some(mock) = &self.mock {
+            mock.spawn_catch_up(self.settings.mock_catch_up_interval, cancel);
+        }
     }
 }
 

@@ -12,10 +12,11 @@
 use platform::store::{Migration, Tx};
 use sqlx::{AnyPool, FromRow};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "payments, refunds, webhook receipts, mock provider",
-    sql: "CREATE TABLE payments (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "payments, refunds, webhook receipts, mock provider",
+        sql: "CREATE TABLE payments (
             id TEXT PRIMARY KEY,
             order_id TEXT NOT NULL,
             order_number TEXT NOT NULL,
@@ -90,8 +91,18 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             amount_minor BIGINT NOT NULL,
             idempotency_key TEXT NOT NULL UNIQUE,
             created_at BIGINT NOT NULL)",
-    postgres: None,
-}];
+        postgres: None,
+    },
+    Migration {
+        version: 2,
+        name: "mock provider: when the merchant accepted each decision's webhook",
+        sql: "ALTER TABLE mock_intents ADD COLUMN notified_at BIGINT;
+          CREATE INDEX mock_intents_undecided ON mock_intents (created_at) WHERE status = 'requires_action';
+          CREATE INDEX mock_intents_unnotified ON mock_intents (decided_at)
+            WHERE notified_at IS NULL AND status IN ('succeeded', 'failed')",
+        postgres: None,
+    },
+];
 
 // ----- payments -----------------------------------------------------------------------------
 
@@ -675,14 +686,17 @@ pub struct IntentRow {
     pub return_url: String,
     pub created_at: i64,
     pub decided_at: Option<i64>,
+    /// When the merchant accepted the webhook of the decision. Empty while a decision is still
+    /// to be told: the resume pass delivers it again until the merchant accepts it.
+    pub notified_at: Option<i64>,
 }
 
 const INTENT_COLUMNS: &str = "id, payment_ref, amount_minor, refunded_minor, currency, method, status, order_ref, \
-     return_url, created_at, decided_at";
+     return_url, created_at, decided_at, notified_at";
 
 pub async fn insert_intent(pool: &AnyPool, i: &IntentRow) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO mock_intents ({INTENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        "INSERT INTO mock_intents ({INTENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     ))
     .bind(&i.id)
     .bind(&i.payment_ref)
@@ -695,6 +709,7 @@ pub async fn insert_intent(pool: &AnyPool, i: &IntentRow) -> Result<(), sqlx::Er
     .bind(&i.return_url)
     .bind(i.created_at)
     .bind(i.decided_at)
+    .bind(i.notified_at)
     .execute(pool)
     .await?;
     Ok(())
@@ -718,6 +733,41 @@ pub async fn decide_intent(pool: &AnyPool, id: &str, status: &str, now: i64) -> 
     .bind(now)
     .fetch_optional(pool)
     .await
+}
+
+/// Undecided intents created before `before`, oldest first: in automatic mode, the ones whose
+/// decision was lost with the process that was to make it.
+pub async fn undecided_before(pool: &AnyPool, before: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT id FROM mock_intents WHERE status = 'requires_action' AND created_at < $1
+         ORDER BY created_at LIMIT {limit}"
+    ))
+    .bind(before)
+    .fetch_all(pool)
+    .await
+}
+
+/// Intents approved or declined before `before` whose webhook the merchant has not accepted,
+/// oldest decision first. Cancelled intents are left out: the merchant asked for those.
+pub async fn unnotified_before(pool: &AnyPool, before: i64, limit: i64) -> Result<Vec<IntentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {INTENT_COLUMNS} FROM mock_intents
+         WHERE notified_at IS NULL AND status IN ('succeeded', 'failed') AND decided_at < $1
+         ORDER BY decided_at LIMIT {limit}"
+    ))
+    .bind(before)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the merchant accepted the webhook of an intent's decision (the first time only).
+pub async fn mark_notified(pool: &AnyPool, id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE mock_intents SET notified_at = $2 WHERE id = $1 AND notified_at IS NULL")
+        .bind(id)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]

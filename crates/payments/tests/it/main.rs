@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use payments::domain::{self, Method, PaymentStatus, RefundStatus};
 use payments::events::OrderPayments;
-use payments::mock::Decision;
+use payments::mock::{Decision, MockProvider, WebhookSink};
 use payments::provider::{Intent, IntentRequest, Provider, ProviderError, ProviderRefund};
 use payments::store::{self, PaymentRow};
 use payments::{AutoSettings, CreatePayment, PaymentView, Payments, RefundRequest, Settings, WebhookOutcome};
@@ -48,6 +48,9 @@ macro_rules! suite {
                 a_success_after_the_order_was_cancelled_is_refunded_automatically,
                 automatic_mode_approves_and_duplicate_webhooks_have_one_effect,
                 automatic_mode_declines_and_delivers_late,
+                an_overdue_automatic_decision_is_made_and_delivered_by_the_catch_up_pass,
+                a_refused_decision_webhook_is_delivered_again_until_the_merchant_accepts_it,
+                a_redelivered_success_for_a_captured_payment_changes_nothing,
                 bad_signatures_store_nothing_and_unknown_intents_are_ignored,
                 only_the_owner_or_an_admin_sees_an_orders_payment,
                 admin_lists_are_filtered_and_paginated,
@@ -976,6 +979,169 @@ async fn automatic_mode_declines_and_delivers_late(f: Fixture) {
     .await;
     assert!(failed.is_some(), "the automatic decline arrived");
     assert_eq!(events(&f, payments::FAILED).await.len(), 1);
+}
+
+async fn notified_at(f: &Fixture, intent: &str) -> Option<i64> {
+    let mock = f.payments.mock().unwrap();
+    mock.intent(intent)
+        .await
+        .unwrap()
+        .expect("the intent exists")
+        .notified_at
+}
+
+/// The merchant behind a switch: while it is closed every delivery is refused, as when the
+/// merchant is down.
+struct Gate {
+    merchant: Arc<Payments>,
+    open: AtomicBool,
+}
+
+#[async_trait]
+impl WebhookSink for Gate {
+    async fn deliver(&self, raw_body: &[u8], signature: &str) -> Result<(), String> {
+        if !self.open.load(Ordering::SeqCst) {
+            return Err("the merchant is unavailable".to_owned());
+        }
+        WebhookSink::deliver(&*self.merchant, raw_body, signature).await
+    }
+}
+
+async fn an_overdue_automatic_decision_is_made_and_delivered_by_the_catch_up_pass(f: Fixture) {
+    // The decision is due in an hour of the task's own time: as good as lost with a killed
+    // process once the (test's) clock has moved past it.
+    let auto = Settings {
+        mock_auto: Some(AutoSettings {
+            delay: Duration::from_secs(3_600),
+            ..AutoSettings::default()
+        }),
+        ..settings()
+    };
+    let f = reopen(&f, auto).await;
+    let payment = pay(&f, Method::Card, 1_200).await;
+    let intent = intent_of(&payment);
+    let mock = f.payments.mock().unwrap();
+    assert_eq!(mock.catch_up().await.unwrap(), 0, "not due yet");
+    f.clock.advance(Duration::from_secs(3_600));
+    assert_eq!(
+        mock.catch_up().await.unwrap(),
+        0,
+        "just due: its task may merely be late"
+    );
+    assert_eq!(current(&f, &payment).await.status, PaymentStatus::RequiresAction);
+    f.clock.advance(Duration::from_secs(3));
+    // Two passes at once (two processes, or a pass and a late task) make one decision.
+    let (first, second) = tokio::join!(mock.catch_up(), mock.catch_up());
+    assert_eq!(first.unwrap() + second.unwrap(), 1);
+    assert_eq!(mock.deliveries(), 1);
+    let paid = current(&f, &payment).await;
+    assert_eq!((paid.status, paid.captured_minor), (PaymentStatus::Succeeded, 1_200));
+    assert_eq!(events(&f, payments::SUCCEEDED).await.len(), 1);
+    let decided = mock.intent(&intent).await.unwrap().unwrap();
+    assert_eq!(decided.status, "succeeded");
+    assert!(decided.notified_at.is_some(), "the accepted delivery is recorded");
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(mock.catch_up().await.unwrap(), 0, "nothing is left to do");
+    assert_eq!(mock.deliveries(), 1);
+}
+
+async fn a_refused_decision_webhook_is_delivered_again_until_the_merchant_accepts_it(f: Fixture) {
+    let payment = pay(&f, Method::Card, 2_500).await;
+    let intent = intent_of(&payment);
+    // The provider again (its books are in the database), now with the merchant behind a gate.
+    let gate = Arc::new(Gate {
+        merchant: f.payments.clone(),
+        open: AtomicBool::new(false),
+    });
+    let sink: Arc<dyn WebhookSink> = gate.clone();
+    let provider = MockProvider::new(
+        f.db.clone(),
+        f.clock.clone(),
+        "http://shop.test",
+        SECRET,
+        None,
+        Arc::downgrade(&sink),
+    );
+    let decision = provider.decide(&intent, true).await.unwrap();
+    assert!(
+        matches!(decision, Some(Decision::Decided { delivered: false, .. })),
+        "{decision:?}"
+    );
+    assert_eq!(current(&f, &payment).await.status, PaymentStatus::RequiresAction);
+    assert_eq!(notified_at(&f, &intent).await, None);
+
+    gate.open.store(true, Ordering::SeqCst);
+    assert_eq!(
+        provider.catch_up().await.unwrap(),
+        0,
+        "a delivery may still be under way so soon after the decision"
+    );
+    assert_eq!(provider.deliveries(), 0);
+    gate.open.store(false, Ordering::SeqCst);
+    f.clock.advance(Duration::from_secs(11));
+    assert_eq!(provider.catch_up().await.unwrap(), 0, "the merchant still refuses");
+    assert_eq!(notified_at(&f, &intent).await, None);
+
+    gate.open.store(true, Ordering::SeqCst);
+    assert_eq!(provider.catch_up().await.unwrap(), 1);
+    assert_eq!(provider.deliveries(), 1);
+    assert!(notified_at(&f, &intent).await.is_some());
+    let paid = current(&f, &payment).await;
+    assert_eq!((paid.status, paid.captured_minor), (PaymentStatus::Succeeded, 2_500));
+    assert_eq!(events(&f, payments::SUCCEEDED).await.len(), 1);
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        provider.catch_up().await.unwrap(),
+        0,
+        "an accepted decision is not sent again"
+    );
+    assert_eq!(provider.deliveries(), 1);
+}
+
+async fn a_redelivered_success_for_a_captured_payment_changes_nothing(f: Fixture) {
+    let payment = pay(&f, Method::Card, 800).await;
+    decide(&f, &payment, true).await;
+    let intent = intent_of(&payment);
+    assert!(
+        notified_at(&f, &intent).await.is_some(),
+        "the accepted delivery is recorded"
+    );
+    let captured = current(&f, &payment).await;
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+    // Neither an intent the buyer has not decided yet (manual mode) nor a cancelled one is
+    // the catch-up pass's business.
+    let open = pay(&f, Method::Card, 300).await;
+    let cancelled = pay(&f, Method::Card, 400).await;
+    let mock = f.payments.mock().unwrap();
+    mock.cancel_intent(&intent_of(&cancelled)).await.unwrap();
+    f.clock.advance(Duration::from_secs(11));
+    assert_eq!(mock.catch_up().await.unwrap(), 0);
+    assert_eq!(mock.deliveries(), 1);
+
+    // The process stopped after the merchant accepted the webhook, before the provider
+    // recorded it: the decision is delivered again, as a new event.
+    sqlx::query("UPDATE mock_intents SET notified_at = NULL WHERE id = $1")
+        .bind(&intent)
+        .execute(f.db.writer())
+        .await
+        .unwrap();
+    assert_eq!(mock.catch_up().await.unwrap(), 1);
+    assert_eq!(mock.deliveries(), 2);
+    assert!(notified_at(&f, &intent).await.is_some());
+    assert_eq!(current(&f, &payment).await, captured, "captured once; nothing changed");
+    assert_eq!(events(&f, payments::SUCCEEDED).await.len(), 1);
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM webhook_receipts ORDER BY received_at")
+        .fetch_all(f.db.reader())
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec!["applied", "no_change"]);
+    assert_eq!(current(&f, &open).await.status, PaymentStatus::RequiresAction);
+    assert_eq!(
+        mock.intent(&intent_of(&open)).await.unwrap().unwrap().status,
+        "requires_action"
+    );
+    assert_eq!(mock.catch_up().await.unwrap(), 0);
+    assert_eq!(mock.deliveries(), 2);
 }
 
 async fn bad_signatures_store_nothing_and_unknown_intents_are_ignored(f: Fixture) {
