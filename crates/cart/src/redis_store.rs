@@ -172,8 +172,7 @@ return 1
 impl RedisCartStore {
     /// Connects to `url`; every key starts with `prefix` (e.g. `mercato:`).
     pub async fn connect(url: &str, prefix: &str, ttl: std::time::Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        let conn = platform::redis_link::connect(url).await?;
         let with_touch = |body: &str| Script::new(&format!("{TOUCH}{body}"));
         Ok(Self {
             conn,

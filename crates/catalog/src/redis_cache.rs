@@ -8,15 +8,18 @@
 //! change invalidated. The other replicas' first levels are dropped when the product event
 //! reaches their search indexer, and a short first-level lifetime bounds them meanwhile.
 //!
-//! Redis going away does not take the catalog down: every call has a short timeout, and without
-//! Redis the cache works as the first level alone (its own generation guarding inserts) until
-//! Redis answers again.
+//! Redis going away does not take the catalog down: calls fail within a second
+//! ([`platform::redis_link`]), after a failure the replica leaves Redis alone for a second, and
+//! meanwhile the cache works as the first level alone (its own generation guarding inserts). An
+//! invalidation that could not reach Redis is made up for before Redis is used again: every
+//! entry there is dropped, since the ones that changed are not known any more.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use platform::redis_link::Link;
 use redis::Script;
 
 use crate::cache::{Cache, MemoryCache};
@@ -49,14 +52,21 @@ end
 return 1
 ";
 
+/// The error of a call not made because Redis is paused after a failure.
+fn paused() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::IoError, "Redis is paused after a failure"))
+}
+
 /// The two-level cache.
 pub struct TieredCache {
     local: MemoryCache,
-    conn: ConnectionManager,
+    link: Link,
     prefix: String,
     ttl_ms: u64,
     invalidate: Script,
     insert: Script,
+    /// An invalidation did not reach Redis: everything there must go before it is used again.
+    owed: AtomicBool,
 }
 
 impl TieredCache {
@@ -69,20 +79,40 @@ impl TieredCache {
         local_ttl: Duration,
         max_entries: u64,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_millis(500))
-            .set_response_timeout(Duration::from_millis(250))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let link = Link::connect(url).await?;
         Ok(Self {
             local: MemoryCache::new(local_ttl.min(ttl), max_entries),
-            conn,
+            link,
             prefix: prefix.to_owned(),
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
             invalidate: Script::new(INVALIDATE),
             insert: Script::new(INSERT),
+            owed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether to call Redis now: not paused after a failure, and no invalidation owed (one
+    /// that is owed is made up for here first).
+    async fn usable(&self) -> bool {
+        if self.link.get().is_none() {
+            return false;
+        }
+        if self.owed.load(Ordering::SeqCst) {
+            match self.drop_everything().await {
+                Ok(()) => self.owed.store(false, Ordering::SeqCst),
+                Err(err) => {
+                    self.failed(&err);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn failed(&self, err: &redis::RedisError) {
+        self.link.failed();
+        metrics::counter!("mercato_cache_redis_errors_total").increment(1);
+        tracing::debug!(error = %err, "the Redis cache did not answer; using this replica's cache alone");
     }
 
     fn generation_key(&self) -> String {
@@ -97,22 +127,55 @@ impl TieredCache {
         format!("{}catalog:cache:{key}", self.prefix)
     }
 
-    fn unavailable(err: &redis::RedisError) {
-        metrics::counter!("mercato_cache_redis_errors_total").increment(1);
-        tracing::debug!(error = %err, "the Redis cache did not answer; using this replica's cache alone");
-    }
-
-    async fn drop_remote(&self, keys: &[String]) {
-        let mut conn = self.conn.clone();
+    /// Moves the generation and drops `keys` and every query answer, in one script.
+    async fn drop_remote(&self, keys: &[String]) -> redis::RedisResult<()> {
+        let Some(mut conn) = self.link.get() else {
+            return Err(paused());
+        };
         let mut call = self.invalidate.prepare_invoke();
         call.key(self.generation_key()).key(self.queries_key());
         for key in keys {
             call.arg(self.entry_key(key));
         }
-        if let Err(err) = call.invoke_async::<i64>(&mut conn).await {
-            // The entries expire by themselves; until then a replica may serve them.
-            metrics::counter!("mercato_cache_redis_errors_total").increment(1);
-            tracing::warn!(error = %err, "cannot invalidate the Redis cache; its entries expire by themselves");
+        call.invoke_async::<i64>(&mut conn).await.map(|_| ())
+    }
+
+    /// Moves the generation and drops every entry: query answers, then product pages (found by
+    /// a scan, as pages are not indexed; this is rare).
+    async fn drop_everything(&self) -> redis::RedisResult<()> {
+        self.drop_remote(&[]).await?;
+        let Some(mut conn) = self.link.get() else {
+            return Err(paused());
+        };
+        let pattern = format!("{}catalog:cache:product:*", self.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Notes an invalidation Redis did not take (or was not asked, while paused) as owed.
+    async fn invalidate_remote(&self, result: redis::RedisResult<()>) {
+        if let Err(err) = result {
+            self.owed.store(true, Ordering::SeqCst);
+            if self.link.get().is_some() {
+                self.failed(&err);
+            }
+            tracing::warn!(error = %err, "cannot invalidate the Redis cache; it is cleared before it is used again");
         }
     }
 }
@@ -120,7 +183,12 @@ impl TieredCache {
 #[async_trait]
 impl Cache for TieredCache {
     async fn generation(&self) -> u64 {
-        let mut conn = self.conn.clone();
+        if !self.usable().await {
+            return LOCAL_ONLY | self.local.generation().await;
+        }
+        let Some(mut conn) = self.link.get() else {
+            return LOCAL_ONLY | self.local.generation().await;
+        };
         match redis::cmd("GET")
             .arg(self.generation_key())
             .query_async::<Option<u64>>(&mut conn)
@@ -128,7 +196,7 @@ impl Cache for TieredCache {
         {
             Ok(generation) => generation.unwrap_or(0) & !LOCAL_ONLY,
             Err(err) => {
-                Self::unavailable(&err);
+                self.failed(&err);
                 LOCAL_ONLY | self.local.generation().await
             }
         }
@@ -138,8 +206,13 @@ impl Cache for TieredCache {
         if let Some(found) = self.local.get(key).await {
             return Some(found);
         }
+        if !self.usable().await {
+            return None;
+        }
         let seen = self.local.generation().await;
-        let mut conn = self.conn.clone();
+        let Some(mut conn) = self.link.get() else {
+            return None;
+        };
         match redis::cmd("GET")
             .arg(self.entry_key(key))
             .query_async::<Option<Vec<u8>>>(&mut conn)
@@ -153,7 +226,7 @@ impl Cache for TieredCache {
             }
             Ok(None) => None,
             Err(err) => {
-                Self::unavailable(&err);
+                self.failed(&err);
                 None
             }
         }
@@ -168,7 +241,9 @@ impl Cache for TieredCache {
         // level's own guard.
         let local = self.local.generation().await;
         let query = !key.starts_with("product:");
-        let mut conn = self.conn.clone();
+        let Some(mut conn) = self.link.get() else {
+            return;
+        };
         let stored = self
             .insert
             .key(self.generation_key())
@@ -184,50 +259,17 @@ impl Cache for TieredCache {
             Ok(1) => self.local.insert(key, value, local).await,
             // A change came in between: the answer may be stale, keep it nowhere.
             Ok(_) => {}
-            Err(err) => Self::unavailable(&err),
+            Err(err) => self.failed(&err),
         }
     }
 
     async fn invalidate(&self, keys: &[String]) {
-        self.drop_remote(keys).await;
+        self.invalidate_remote(self.drop_remote(keys).await).await;
         self.local.invalidate(keys).await;
     }
 
     async fn invalidate_all(&self) {
-        // The generation and every query answer, then every product page (found by a scan:
-        // pages are not indexed, and a change to everything is rare).
-        self.drop_remote(&[]).await;
-        let mut conn = self.conn.clone();
-        let pattern = format!("{}catalog:cache:product:*", self.prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut conn)
-                .await;
-            match scanned {
-                Ok((next, keys)) => {
-                    if !keys.is_empty() {
-                        if let Err(err) = redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn).await {
-                            Self::unavailable(&err);
-                            break;
-                        }
-                    }
-                    if next == 0 {
-                        break;
-                    }
-                    cursor = next;
-                }
-                Err(err) => {
-                    Self::unavailable(&err);
-                    break;
-                }
-            }
-        }
+        self.invalidate_remote(self.drop_everything().await).await;
         self.local.invalidate_all().await;
     }
 

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod page;
 pub mod periodic;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod sku;
 pub mod store;
 pub mod telemetry;

@@ -4,17 +4,19 @@
 //!
 //! When Redis cannot be reached the limiter lets requests through (fails open) and counts it in
 //! `mercato_rate_limit_store_errors_total`: an outage of the limiter's store must not take the
-//! shop down, and the per-process limits of the edge (body size, timeouts) still hold.
+//! shop down, and the per-process limits of the edge (body size, timeouts) still hold. After a
+//! failed call Redis is left alone for a second ([`crate::redis_link::Link`]), so requests do
+//! not each wait for it during an outage.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::{Decision, RateLimiter};
 use crate::clock::SharedClock;
+use crate::redis_link::Link;
 
 /// Refill, then take one token if there is one. Answers `{allowed, wait_ms}`.
 /// KEYS[1]: the bucket. ARGV: capacity, refill per ms, now (ms), expiry (ms).
@@ -46,7 +48,7 @@ return {allowed, wait}
 /// Token buckets in Redis under `<prefix>rl:<key>`.
 #[derive(Clone)]
 pub struct RedisRateLimiter {
-    connection: ConnectionManager,
+    link: std::sync::Arc<Link>,
     prefix: String,
     script: Script,
     clock: SharedClock,
@@ -63,12 +65,11 @@ impl std::fmt::Debug for RedisRateLimiter {
 impl RedisRateLimiter {
     /// Connects (and reconnects by itself after a Redis restart).
     pub async fn connect(url: &str, prefix: &str, clock: SharedClock) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("invalid Redis URL")?;
-        let connection = ConnectionManager::new(client)
+        let link = Link::connect(url)
             .await
             .context("cannot connect to Redis for rate limits")?;
         Ok(Self {
-            connection,
+            link: std::sync::Arc::new(link),
             prefix: prefix.to_owned(),
             script: Script::new(TAKE),
             clock,
@@ -81,7 +82,9 @@ impl RedisRateLimiter {
         let refill_per_ms = capacity / window_ms;
         // A bucket left alone for a window has refilled: nothing to keep after that.
         let expiry_ms = (window_ms.ceil() as u64).max(1_000);
-        let mut connection = self.connection.clone();
+        let Some(mut connection) = self.link.get() else {
+            return Ok(Decision::Allow);
+        };
         let (allowed, wait_ms): (i64, i64) = self
             .script
             .key(format!("{}rl:{key}", self.prefix))
@@ -107,6 +110,7 @@ impl RateLimiter for RedisRateLimiter {
         match self.take(key, limit, window).await {
             Ok(decision) => decision,
             Err(err) => {
+                self.link.failed();
                 metrics::counter!("mercato_rate_limit_store_errors_total").increment(1);
                 tracing::warn!(error = %err, "the rate-limit store is unreachable; letting the request through");
                 Decision::Allow
@@ -151,7 +155,7 @@ return wait
 /// `mercato_rate_limit_store_errors_total`: password hashing still bounds the guessing rate.
 #[derive(Clone)]
 pub struct RedisFailureThrottle {
-    connection: ConnectionManager,
+    link: std::sync::Arc<Link>,
     prefix: String,
     policy: super::ThrottlePolicy,
     script: Script,
@@ -174,12 +178,11 @@ impl RedisFailureThrottle {
         policy: super::ThrottlePolicy,
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("invalid Redis URL")?;
-        let connection = ConnectionManager::new(client)
+        let link = Link::connect(url)
             .await
             .context("cannot connect to Redis for login throttles")?;
         Ok(Self {
-            connection,
+            link: std::sync::Arc::new(link),
             prefix: prefix.to_owned(),
             policy,
             script: Script::new(COUNT),
@@ -191,13 +194,14 @@ impl RedisFailureThrottle {
         format!("{}lt:{key}", self.prefix)
     }
 
-    fn unreachable(err: &redis::RedisError) {
+    fn unreachable(&self, err: &redis::RedisError) {
+        self.link.failed();
         metrics::counter!("mercato_rate_limit_store_errors_total").increment(1);
         tracing::warn!(error = %err, "the login-throttle store is unreachable; not throttling");
     }
 
     async fn count(&self, key: &str) -> Option<Duration> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.link.get()?;
         let result: redis::RedisResult<i64> = self
             .script
             .key(self.key(key))
@@ -212,7 +216,7 @@ impl RedisFailureThrottle {
             Ok(wait) if wait > 0 => Some(Duration::from_millis(wait.unsigned_abs())),
             Ok(_) => None,
             Err(err) => {
-                Self::unreachable(&err);
+                self.unreachable(&err);
                 None
             }
         }
@@ -226,7 +230,7 @@ impl super::FailureThrottle for RedisFailureThrottle {
     }
 
     async fn blocked_for(&self, key: &str) -> Option<Duration> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.link.get()?;
         let result: redis::RedisResult<Option<i64>> = redis::cmd("HGET")
             .arg(self.key(key))
             .arg("blocked_until")
@@ -239,7 +243,7 @@ impl super::FailureThrottle for RedisFailureThrottle {
             }
             Ok(None) => None,
             Err(err) => {
-                Self::unreachable(&err);
+                self.unreachable(&err);
                 None
             }
         }
@@ -250,10 +254,12 @@ impl super::FailureThrottle for RedisFailureThrottle {
     }
 
     async fn reset(&self, key: &str) {
-        let mut connection = self.connection.clone();
+        let Some(mut connection) = self.link.get() else {
+            return;
+        };
         let result: redis::RedisResult<()> = redis::cmd("DEL").arg(self.key(key)).query_async(&mut connection).await;
         if let Err(err) = result {
-            Self::unreachable(&err);
+            self.unreachable(&err);
         }
     }
 }
