@@ -337,7 +337,7 @@ impl ServiceApp {
             });
         }
         let bus_for_health = bus.clone();
-        checks.add("bus", move || {
+        checks.add_advisory("bus", move || {
             let bus = bus_for_health.clone();
             async move { bus.ping().await }
         });
