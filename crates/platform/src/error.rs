@@ -235,10 +235,41 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// An internal error that is a store not answering (Redis away, no database connection to
+    /// be had) becomes a 503 the client may retry; anything else stays as it is.
+    fn unreachable_store_as_unavailable(self) -> Self {
+        let Self::Internal(err) = &self else {
+            return self;
+        };
+        let unreachable = err.chain().any(|cause| {
+            if let Some(redis) = cause.downcast_ref::<redis::RedisError>() {
+                return redis.is_io_error()
+                    || redis.is_timeout()
+                    || redis.is_connection_dropped()
+                    || redis.is_connection_refusal();
+            }
+            matches!(
+                cause.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
+            )
+        });
+        if !unreachable {
+            return self;
+        }
+        tracing::warn!(error = %format!("{err:#}"), "a store is not answering");
+        Self::Unavailable {
+            message: "a store this service depends on is not answering; retry shortly".to_owned(),
+            retry_after_secs: 1,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let detail = match &self {
+        let this = self.unreachable_store_as_unavailable();
+        let status = this.status();
+        let detail = match &this {
             Self::Internal(err) => {
                 // The one place an unexpected failure is logged; the client gets no details.
                 tracing::error!(error = %format!("{err:#}"), "internal error");
@@ -246,25 +277,25 @@ impl IntoResponse for ApiError {
             }
             other => Some(other.to_string()),
         };
-        let retry_after = match &self {
+        let retry_after = match &this {
             Self::TooManyRequests { retry_after_secs, .. } | Self::Unavailable { retry_after_secs, .. } => {
                 Some(*retry_after_secs)
             }
             _ => None,
         };
         let body = Problem {
-            kind: format!("https://mercato.dev/problems/{}", self.slug()),
+            kind: format!("https://mercato.dev/problems/{}", this.slug()),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,
-            extensions: match &self {
+            extensions: match &this {
                 Self::ConflictWith {
                     members: serde_json::Value::Object(members),
                     ..
                 } => members.clone(),
                 _ => serde_json::Map::new(),
             },
-            errors: match self {
+            errors: match this {
                 Self::Validation(errors) => errors,
                 _ => Vec::new(),
             },
@@ -293,6 +324,19 @@ pub async fn method_not_allowed_fallback() -> ApiError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_store_that_does_not_answer_is_a_503_and_other_failures_stay_500() {
+        let refused = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
+        let response = ApiError::Internal(anyhow::Error::from(refused).context("reading a cart")).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let pool = ApiError::Internal(sqlx::Error::PoolTimedOut.into()).into_response();
+        assert_eq!(pool.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bug = ApiError::Internal(anyhow::anyhow!("a bug")).into_response();
+        assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
     use super::*;
 
     fn round_trip(err: &ApiError) -> ApiError {
