@@ -1,5 +1,6 @@
 //! The inventory's consumers: product events register and discontinue SKUs; order.paid commits
-//! the order's reservation and order.cancelled releases it.
+//! the order's reservation (or, when it expired before the payment came, sells the units again
+//! if they are free) and order.cancelled releases it.
 
 use std::sync::Arc;
 
@@ -83,7 +84,12 @@ impl EventHandler for OrderReservations {
         };
         let order_id = event.subject.as_str();
         let result = match event.kind.as_str() {
-            "order.paid" | "order.confirmed" => self.inventory.commit(order_id, ctx).await.map(|_| ()),
+            "order.paid" | "order.confirmed" => match self.inventory.commit(order_id, ctx).await {
+                // Paid after the reservation expired: sell the units again if they are free
+                // (or tell orders the order cannot be filled).
+                Err(ApiError::Conflict(_)) => self.inventory.commit_late(order_id, ctx).await.map(|_| ()),
+                other => other.map(|_| ()),
+            },
             "order.cancelled" | "order.payment_failed" => {
                 let reason = if event.kind == "order.cancelled" {
                     ReleaseReason::Cancelled

@@ -21,6 +21,9 @@ pub const SERVICE: &str = "inventory";
 pub const RESERVED: &str = "inventory.reserved";
 pub const COMMITTED: &str = "inventory.committed";
 pub const RELEASED: &str = "inventory.released";
+/// An order was paid after its reservation expired and its units are gone: it cannot be
+/// filled (orders cancels it, payments refunds it).
+pub const UNFILLABLE: &str = "inventory.unfillable";
 pub const RESTOCKED: &str = "inventory.restocked";
 pub const LOW_STOCK: &str = "inventory.low_stock";
 /// `{sku, available}` when a SKU goes in or out of stock (the catalog's in-stock filter).
@@ -700,6 +703,66 @@ impl Inventory {
         tx.commit().await?;
         self.outbox.wake();
         Reservation::from_row(row, lines)
+    }
+
+    /// Commits the reservation of an order paid after the reservation expired: its units are
+    /// sold again if they are still free, all or none. `Ok(None)`: they are not, and
+    /// `inventory.unfillable` is published instead. 409 when the reservation is not one that
+    /// expired (committed, or released for another reason).
+    pub async fn commit_late(&self, order_id: &str, ctx: Context<'_>) -> Result<Option<Reservation>, ApiError> {
+        let order_id = parse_order_id(order_id)?;
+        let now = self.now();
+        let mut tx = self.db.begin().await?;
+        let Some(row) = store::commit_expired(&mut tx, &order_id, now).await? else {
+            tx.rollback().await?;
+            return Err(ApiError::Conflict(format!(
+                "the reservation of order {order_id} did not expire"
+            )));
+        };
+        let lines = store::lines_in(&mut tx, &row.id).await?;
+        let mut changed = Vec::with_capacity(lines.len());
+        for line in &lines {
+            match store::sell_free_units(&mut tx, &line.sku, line.quantity, now).await? {
+                Some(after) => changed.push((line, after)),
+                None => {
+                    tx.rollback().await?;
+                    tracing::warn!(order_id, sku = %line.sku, "an order was paid after its reservation expired and its units are gone");
+                    let mut tx = self.db.begin().await?;
+                    let data = json!({ "order_id": order_id, "reservation_id": row.id, "lines": lines });
+                    Self::emit(&mut tx, UNFILLABLE, &order_id, data, ctx).await?;
+                    tx.commit().await?;
+                    self.outbox.wake();
+                    return Ok(None);
+                }
+            }
+        }
+        let entries: Vec<Entry<'_>> = changed
+            .iter()
+            .map(|(line, after)| Entry {
+                sku: &line.sku,
+                kind: Movement::Commit,
+                on_hand_delta: -line.quantity,
+                reserved_delta: 0,
+                after,
+                reason: Some("paid after the reservation expired"),
+                reference: Some(&order_id),
+                actor: ctx.actor,
+                at: now,
+            })
+            .collect();
+        store::record_all(&mut tx, &entries).await?;
+        for (line, after) in &changed {
+            let before = Levels {
+                on_hand: after.on_hand + line.quantity,
+                ..after.levels()
+            };
+            Self::signal(&mut tx, &line.sku, &before, after, ctx).await?;
+        }
+        let data = json!({ "reservation_id": row.id, "order_id": order_id, "lines": lines, "late": true });
+        Self::emit(&mut tx, COMMITTED, &order_id, data, ctx).await?;
+        tx.commit().await?;
+        self.outbox.wake();
+        Reservation::from_row(row, lines).map(Some)
     }
 
     /// Releases every active reservation whose expiry has passed, with reason `expired`.

@@ -339,6 +339,20 @@ pub async fn commit_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Re
     move_units(tx, sku, set, " AND reserved >= $2", quantity, now).await
 }
 
+/// Sells units nobody holds (an order paid after its reservation expired): on hand goes down
+/// only if that many are free.
+pub async fn sell_free_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+    move_units(
+        tx,
+        sku,
+        "on_hand = on_hand - $2",
+        " AND on_hand - reserved >= $2",
+        quantity,
+        now,
+    )
+    .await
+}
+
 /// Gives reserved units back.
 pub async fn release_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
     move_units(
@@ -530,6 +544,19 @@ pub async fn finish_reservation(
     .bind(order_id)
     .bind(status)
     .bind(reason)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Moves a reservation released because it expired to committed (its order was paid late).
+/// `None`: it is not such a reservation.
+pub async fn commit_expired(tx: &mut Tx, order_id: &str, now: i64) -> Result<Option<ReservationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE reservations SET status = 'committed', release_reason = NULL, updated_at = $2
+         WHERE order_id = $1 AND status = 'released' AND release_reason = 'expired' RETURNING {RESERVATION_COLUMNS}"
+    ))
+    .bind(order_id)
     .bind(now)
     .fetch_optional(&mut **tx)
     .await

@@ -695,7 +695,7 @@ pub fn orders_consumers(orders: &Arc<orders::Orders>) -> Vec<ConsumerSpec> {
         (
             "orders-reservations".to_owned(),
             Arc::new(orders::events::ReservationExpiry { orders: orders.clone() }),
-            &[orders::events::INVENTORY_RELEASED],
+            &[orders::events::INVENTORY_RELEASED, orders::events::INVENTORY_UNFILLABLE],
         ),
         (
             "orders-shipments".to_owned(),
@@ -904,7 +904,7 @@ impl App {
             async move { cart.store().ping().await }
         });
         let bus_for_health = bus.clone();
-        checks.add("bus", move || {
+        checks.add_advisory("bus", move || {
             let bus = bus_for_health.clone();
             async move { bus.ping().await }
         });

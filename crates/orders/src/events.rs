@@ -25,6 +25,7 @@ pub const PAYMENT_FAILED: &str = "payment.failed";
 pub const REFUND_SUCCEEDED: &str = "refund.succeeded";
 pub const PAYMENT_EVENTS: &[&str] = &[PAYMENT_SUCCEEDED, PAYMENT_FAILED, REFUND_SUCCEEDED];
 pub const INVENTORY_RELEASED: &str = "inventory.released";
+pub const INVENTORY_UNFILLABLE: &str = "inventory.unfillable";
 
 #[derive(Deserialize)]
 struct PaymentData {
@@ -156,14 +157,41 @@ struct Released {
 }
 
 /// inventory.released with reason `expired`: nobody paid in time; the order is cancelled with
-/// reason `payment_timeout` (payments then cancels the intent).
+/// reason `payment_timeout` (payments then cancels the intent). inventory.unfillable: the
+/// payment came after the reservation expired and the units were sold meanwhile; the paid order
+/// is cancelled with reason `out_of_stock` (payments then refunds it).
 pub struct ReservationExpiry {
     pub orders: Arc<Orders>,
+}
+
+impl ReservationExpiry {
+    async fn unfillable(&self, event: &Event) -> anyhow::Result<()> {
+        let data: Released = event.data_as()?;
+        match self
+            .orders
+            .apply(
+                &data.order_id,
+                Trigger::Cancel,
+                &Actor::Service("inventory"),
+                Some("out_of_stock"),
+                None,
+                event.correlationid.as_deref(),
+            )
+            .await
+        {
+            // Gone, or closed already (cancelled another way): nothing to do.
+            Ok(_) | Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(()),
+            Err(err) => Err(as_anyhow(err)),
+        }
+    }
 }
 
 #[async_trait]
 impl EventHandler for ReservationExpiry {
     async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
+        if event.kind == INVENTORY_UNFILLABLE {
+            return self.unfillable(event).await;
+        }
         let data: Released = event.data_as()?;
         if data.reason.as_deref() != Some("expired") {
             return Ok(());

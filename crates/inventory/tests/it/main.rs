@@ -32,6 +32,7 @@ macro_rules! suite {
                 the_check_names_skus_that_break_the_invariant,
                 flash_sale_sells_exactly_the_stock,
                 flash_sale_of_bundles_sells_exactly_the_stock,
+                an_order_paid_after_its_reservation_expired_takes_free_units_or_is_unfillable,
             );
         }
     };
@@ -283,6 +284,62 @@ async fn expired_reservations_are_released_by_the_sweeper(f: Fixture) {
     assert_eq!(released[0]["reason"], "expired");
     assert_eq!(released[0]["order_id"], "short-lived");
     assert_eq!(f.inventory.release_expired().await.unwrap(), 0, "released once");
+    assert_consistent(&f).await;
+}
+
+async fn an_order_paid_after_its_reservation_expired_takes_free_units_or_is_unfillable(f: Fixture) {
+    stock(&f, "A", 5).await;
+    for order in ["late-lucky", "late-unlucky"] {
+        f.inventory
+            .reserve(order, &[line("A", 2)], Some(Duration::from_secs(60)), CTX)
+            .await
+            .unwrap();
+    }
+    f.clock.advance(Duration::from_secs(61));
+    assert_eq!(f.inventory.release_expired().await.unwrap(), 2);
+    // Someone else takes what the expired reservations gave back, leaving 2 free.
+    f.inventory
+        .reserve("meanwhile", &[line("A", 3)], None, CTX)
+        .await
+        .unwrap();
+    assert_eq!(levels(&f, "A").await, (5, 3));
+
+    // The first payment comes in: the units are free, so they are sold after all.
+    assert!(matches!(
+        f.inventory.commit("late-lucky", CTX).await,
+        Err(ApiError::Conflict(_))
+    ));
+    let late = f
+        .inventory
+        .commit_late("late-lucky", CTX)
+        .await
+        .unwrap()
+        .expect("free units");
+    assert_eq!(late.status, ReservationStatus::Committed);
+    assert_eq!(levels(&f, "A").await, (3, 3));
+    let committed = events(&f, "inventory.committed").await;
+    assert_eq!(committed.len(), 1);
+    assert_eq!(committed[0]["late"], true);
+
+    // The second: nothing is free any more; nothing changes and orders is told.
+    assert!(f.inventory.commit_late("late-unlucky", CTX).await.unwrap().is_none());
+    assert_eq!(levels(&f, "A").await, (3, 3));
+    assert_eq!(
+        f.inventory.reservation("late-unlucky").await.unwrap().status,
+        ReservationStatus::Released
+    );
+    let unfillable = events(&f, "inventory.unfillable").await;
+    assert_eq!(unfillable.len(), 1);
+    assert_eq!(unfillable[0]["order_id"], "late-unlucky");
+    // Only an expired reservation is committed late.
+    assert!(matches!(
+        f.inventory.commit_late("meanwhile", CTX).await,
+        Err(ApiError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.inventory.commit_late("late-lucky", CTX).await,
+        Err(ApiError::Conflict(_))
+    ));
     assert_consistent(&f).await;
 }
 
