@@ -5,7 +5,8 @@
 #   scripts/stack.sh start          build nothing; start every process, wait until all are ready
 #   scripts/stack.sh stop           stop every process of the stack
 #   scripts/stack.sh status         which processes run, and the gateway's view of them
-#   scripts/stack.sh kill NAME      kill -9 one process (e.g. orders-1), for fault tests
+#   scripts/stack.sh kill NAME      kill -9 one process (e.g. orders-1; nats or redis with
+#                                   STACK_OWN_BROKERS=1), for fault tests
 #   scripts/stack.sh revive NAME    start that one process again and wait until it is ready
 #   scripts/stack.sh drop           forget the stopped stack: its databases, stream and Redis keys
 #
@@ -18,6 +19,9 @@
 #   STACK_FRESH=1      drop and recreate the databases, the stream and the Redis keys first
 #   POSTGRES_URL       server to create the databases on (default: postgres://postgres@127.0.0.1:5432)
 #   NATS_URL, REDIS_URL  (defaults: nats://127.0.0.1:4222, redis://127.0.0.1:6379)
+#   STACK_OWN_BROKERS=1  run a NATS JetStream server (port +12) and a Redis server (port +13) of the
+#                      stack's own, with their data under STACK_DIR, instead of NATS_URL and
+#                      REDIS_URL: fault tests kill and restart them without touching anyone else's
 # Any other MERCATO_* variable set by the caller reaches every process (e.g. MERCATO_PAYMENTS_MOCK_AUTO).
 set -euo pipefail
 
@@ -28,6 +32,10 @@ STACK_NAME="${STACK_NAME:-stack}"
 POSTGRES_URL="${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
 NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+if [[ ${STACK_OWN_BROKERS:-0} == 1 ]]; then
+  NATS_URL="nats://127.0.0.1:$((STACK_PORT + 12))"
+  REDIS_URL="redis://127.0.0.1:$((STACK_PORT + 13))"
+fi
 if [[ -z "${MERCATO_BIN:-}" ]]; then
   MERCATO_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/mercato"
 fi
@@ -49,6 +57,35 @@ PROCESSES=(
 )
 
 die() { echo "stack: $*" >&2; exit 1; }
+
+own_broker() { [[ ${STACK_OWN_BROKERS:-0} == 1 && ( $1 == nats || $1 == redis ) ]]; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The stack's own brokers: JetStream on disk, Redis with an append-only file synced on every
+# write, so that a kill -9 and a restart lose nothing either of them had acknowledged.
+launch_broker() {
+  local name=$1 port
+  mkdir -p "$STACK_DIR/$name"
+  case $name in
+    nats)
+      port=$((STACK_PORT + 12))
+      nats-server -a 127.0.0.1 -p "$port" -js -sd "$STACK_DIR/nats" >>"$STACK_DIR/nats.log" 2>&1 &
+      ;;
+    redis)
+      port=$((STACK_PORT + 13))
+      redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly yes --appendfsync always \
+        --dir "$STACK_DIR/redis" >>"$STACK_DIR/redis.log" 2>&1 &
+      ;;
+  esac
+  echo $! >"$STACK_DIR/$name.pid"
+  local deadline=$((SECONDS + 30))
+  until port_open "$port"; do
+    alive "$name" || die "$name exited at start (log: $STACK_DIR/$name.log)"
+    ((SECONDS <= deadline)) || die "$name is not listening on $port after 30 s (log: $STACK_DIR/$name.log)"
+    sleep 0.1
+  done
+}
 
 db_name() { echo "mercato_${STACK_NAME}_$1"; }
 
@@ -91,6 +128,9 @@ common_env() {
   export MERCATO_CART__STORE=redis
   export MERCATO_CART__REDIS_URL="$REDIS_URL"
   export MERCATO_CART__REDIS_PREFIX="mercato:${STACK_NAME}:"
+  export MERCATO_CATALOG__CACHE_STORE=redis
+  export MERCATO_CATALOG__CACHE_REDIS_URL="$REDIS_URL"
+  export MERCATO_CATALOG__CACHE_REDIS_PREFIX="mercato:${STACK_NAME}:"
   export MERCATO_RATE_LIMIT__STORE=redis
   export MERCATO_RATE_LIMIT__REDIS_URL="$REDIS_URL"
   export MERCATO_RATE_LIMIT__REDIS_PREFIX="mercato:${STACK_NAME}:"
@@ -206,6 +246,10 @@ start() {
   done
   common_env
   create_databases
+  if [[ ${STACK_OWN_BROKERS:-0} == 1 ]]; then
+    if [[ ${STACK_FRESH:-0} == 1 ]]; then rm -rf "$STACK_DIR/nats" "$STACK_DIR/redis"; fi
+    for broker in nats redis; do alive "$broker" || launch_broker "$broker"; done
+  fi
   if [[ ${STACK_FRESH:-0} == 1 ]]; then
     rm -rf "$STACK_DIR/data"
     forget_bus_and_cache
@@ -245,6 +289,8 @@ stop() {
     read -r name _ _ <<<"$p"
     stop_one "$name"
   done
+  stop_one nats
+  stop_one redis
   echo "stack stopped"
 }
 
@@ -256,6 +302,14 @@ status() {
     if ready "$port"; then state=ready; fi
     printf '%-16s %-14s %5d  %s\n' "$name" "$service" "$port" "$state"
   done
+  if [[ ${STACK_OWN_BROKERS:-0} == 1 ]]; then
+    for broker in nats redis; do
+      local state=down port=$((STACK_PORT + 12))
+      [[ $broker == redis ]] && port=$((STACK_PORT + 13))
+      alive "$broker" && state=running
+      printf '%-16s %-14s %5d  %s\n' "$broker" "$broker" "$port" "$state"
+    done
+  fi
 }
 
 case "${1:-}" in
@@ -266,15 +320,26 @@ case "${1:-}" in
     [[ -n ${2:-} ]] || die "kill needs a process name"
     pidfile="$STACK_DIR/$2.pid"
     [[ -s $pidfile ]] || die "$2 is not running"
-    kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
+    pid=$(cat "$pidfile")
+    kill -KILL "$pid" 2>/dev/null || true
+    # Gone once it no longer runs (a zombie nobody reaps counts as gone): its ports are free.
+    for _ in $(seq 1 100); do
+      state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+      [[ -z $state || $state == Z* ]] && break
+      sleep 0.05
+    done
     rm -f "$pidfile"
     ;;
   revive)
     [[ -n ${2:-} ]] || die "revive needs a process name"
     common_env
     alive "$2" && die "$2 is running"
-    launch "$2"
-    wait_ready "$2"
+    if own_broker "$2"; then
+      launch_broker "$2"
+    else
+      launch "$2"
+      wait_ready "$2"
+    fi
     ;;
   drop)
     # Everything the stack kept: its databases, its stream and its Redis keys.
@@ -282,10 +347,18 @@ case "${1:-}" in
       read -r name _ _ <<<"$p"
       alive "$name" && die "$name is running; run: $0 stop"
     done
+    if [[ ${STACK_OWN_BROKERS:-0} == 1 ]]; then
+      # The brokers' data goes with their directories; nothing to forget on shared servers.
+      for s in "${SERVICES[@]}"; do
+        psql "$POSTGRES_URL/postgres" -qc "DROP DATABASE IF EXISTS $(db_name "$s") WITH (FORCE)" >/dev/null
+      done
+      rm -rf "$STACK_DIR/nats" "$STACK_DIR/redis"
+      exit 0
+    fi
     for s in "${SERVICES[@]}"; do
       psql "$POSTGRES_URL/postgres" -qc "DROP DATABASE IF EXISTS $(db_name "$s") WITH (FORCE)" >/dev/null
     done
     forget_bus_and_cache
     ;;
-  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

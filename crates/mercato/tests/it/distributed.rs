@@ -13,31 +13,44 @@ use serde_json::{json, Value};
 
 use crate::helpers::{token_of, Reply, ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
 
+/// Eleven processes (thirteen with brokers of its own) are what this machine affords at once:
+/// the stack tests take turns.
+pub(crate) static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A running stack; stopped and forgotten (databases, stream, Redis keys) when dropped.
-struct Stack {
-    url: String,
+pub(crate) struct Stack {
+    pub(crate) url: String,
     port: u16,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     env: Vec<(String, String)>,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
+    /// The PostgreSQL server, without a database name.
+    server: String,
+    name: String,
 }
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/stack.sh")
 }
 
-/// A base port with the eleven ports above it free.
+/// A base port with the thirteen ports above it free (processes, then NATS and Redis).
 fn free_base() -> u16 {
     let seed = u16::try_from(std::process::id() % 1_000).unwrap_or(0);
     (0..200u16)
         .map(|i| 21_000 + ((seed + i * 37) % 1_000) * 16)
-        .find(|base| (0..12).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok()))
+        .find(|base| (0..14).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok()))
         .expect("a free port range")
 }
 
 impl Stack {
-    /// `None` when the test servers are not configured.
+    /// The stack on the shared NATS and Redis; `None` when the test servers are not configured.
     fn start() -> Option<Self> {
+        Self::start_with(false, &[])
+    }
+
+    /// With `own_brokers`, the stack runs a NATS and a Redis server of its own (so a test may
+    /// kill them); `settings` reach every process.
+    pub(crate) fn start_with(own_brokers: bool, settings: &[(&str, &str)]) -> Option<Self> {
         let (Ok(pg), Ok(nats), Ok(redis)) = (
             std::env::var("MERCATO_TEST_POSTGRES_URL"),
             std::env::var("MERCATO_TEST_NATS_URL"),
@@ -54,19 +67,25 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let port = free_base();
         let name = format!("t{}_{}", std::process::id(), port);
-        let env = vec![
+        let stack_name = name.clone();
+        let mut env = vec![
             ("MERCATO_BIN".to_owned(), env!("CARGO_BIN_EXE_mercato").to_owned()),
             ("STACK_DIR".to_owned(), dir.path().display().to_string()),
             ("STACK_PORT".to_owned(), port.to_string()),
             ("STACK_NAME".to_owned(), name),
             ("STACK_FRESH".to_owned(), "1".to_owned()),
-            ("POSTGRES_URL".to_owned(), server),
+            ("POSTGRES_URL".to_owned(), server.clone()),
             ("NATS_URL".to_owned(), nats),
             ("REDIS_URL".to_owned(), redis),
             ("MERCATO_ADMIN_EMAIL".to_owned(), ADMIN_EMAIL.to_owned()),
             ("MERCATO_ADMIN_PASSWORD".to_owned(), ADMIN_PASSWORD.to_owned()),
             ("MERCATO_LOG_FORMAT".to_owned(), "json".to_owned()),
+            (
+                "STACK_OWN_BROKERS".to_owned(),
+                if own_brokers { "1" } else { "0" }.to_owned(),
+            ),
         ];
+        env.extend(settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let stack = Self {
             url: format!("http://127.0.0.1:{port}"),
             port,
@@ -76,6 +95,8 @@ impl Stack {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            server,
+            name: stack_name,
         };
         stack.run(&["start"]);
         Some(stack)
@@ -96,6 +117,47 @@ impl Stack {
         );
     }
 
+    /// kill -9 of one process (`orders-1`, or `nats` / `redis` when the stack owns them).
+    pub(crate) async fn kill(&self, process: &str) {
+        self.run_async(&["kill", process]).await;
+    }
+
+    /// Starts a killed process again and waits until it is ready.
+    pub(crate) async fn revive(&self, process: &str) {
+        self.run_async(&["revive", process]).await;
+    }
+
+    async fn run_async(&self, args: &[&str]) {
+        let env = self.env.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("bash")
+                .arg(script())
+                .args(&args)
+                .envs(env)
+                .output()
+                .expect("the stack script runs")
+        })
+        .await
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "stack.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// One service's database, as the stack created it.
+    pub(crate) async fn db(&self, service: &str) -> platform::store::Db {
+        let url = format!("{}/mercato_{}_{service}", self.server, self.name);
+        let options = platform::store::DbOptions {
+            max_connections: 2,
+            ..platform::store::DbOptions::default()
+        };
+        platform::store::Db::connect(&url, &options).await.unwrap()
+    }
+
     /// The port of one process (`catalog-2`), as the script numbers them.
     fn port_of(&self, process: &str) -> u16 {
         let offset = match process {
@@ -110,7 +172,14 @@ impl Stack {
         self.port + offset
     }
 
-    async fn call(&self, base: &str, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub(crate) async fn call(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut request = self.client.request(method, format!("{base}{path}"));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -129,21 +198,33 @@ impl Stack {
         }
     }
 
-    async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         self.call(&self.url, Method::GET, path, token, None).await
     }
 
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.call(&self.url, Method::POST, path, token, Some(body)).await
     }
 
-    async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+    pub(crate) async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.call(&self.url, Method::PUT, path, token, Some(body)).await
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The processes' logs outlive a failed test, for whoever reads its output.
+            let kept = std::env::temp_dir().join(format!("mercato-stack-logs-{}", self.name));
+            if std::fs::create_dir_all(&kept).is_ok() {
+                for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                    if entry.path().extension().is_some_and(|e| e == "log") {
+                        let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+                    }
+                }
+                eprintln!("the stack's logs are kept in {}", kept.display());
+            }
+        }
         let run = |args: &[&str]| {
             let _ = Command::new("bash")
                 .arg(script())
@@ -156,7 +237,7 @@ impl Drop for Stack {
     }
 }
 
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -168,6 +249,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_process() {
+    let _turn = ONE_STACK_AT_A_TIME.lock().await;
     let Some(stack) = Stack::start() else {
         return;
     };

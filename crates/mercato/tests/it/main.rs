@@ -12,6 +12,7 @@ mod delivery;
 mod distributed;
 mod edge;
 mod events;
+mod faults;
 mod helpers;
 mod inventory;
 mod jwt;
