@@ -82,8 +82,33 @@ impl IdempotentConsumer {
 
 #[async_trait]
 impl Delivery for IdempotentConsumer {
+    /// Processes the event inside a span naming the consumer, the event and its correlation id,
+    /// which every line the handler logs carries, and logs one line when it is done: a request's
+    /// correlation id can be followed from the HTTP log into every consumer it set off.
     async fn deliver(&self, event: &Event) -> anyhow::Result<()> {
-        self.process(event).await.map(|_| ())
+        let correlation_id = event.correlationid.clone().unwrap_or_default();
+        let span = tracing::info_span!(
+            "event",
+            consumer = %self.name,
+            event_type = %event.kind,
+            event_id = %event.id,
+            correlation_id = %correlation_id,
+        );
+        let started = std::time::Instant::now();
+        let outcome = crate::telemetry::with_correlation_id(
+            correlation_id,
+            tracing::Instrument::instrument(self.process(event), span.clone()),
+        )
+        .await;
+        span.in_scope(|| match &outcome {
+            Ok(applied) => tracing::info!(
+                applied,
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "event handled"
+            ),
+            Err(err) => tracing::warn!(error = %format!("{err:#}"), "event failed; it will be delivered again"),
+        });
+        outcome.map(|_| ())
     }
 
     async fn dead_letter(&self, event: &Event, error: &str, attempts: u32) -> anyhow::Result<()> {

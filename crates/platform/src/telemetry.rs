@@ -84,6 +84,12 @@ pub fn current_correlation_id() -> Option<String> {
     CORRELATION.try_with(Clone::clone).ok()
 }
 
+/// Runs `work` with `correlation_id` as the task's correlation id (what a consumer does with
+/// the id its event carries), so calls it makes to other services pass it on.
+pub async fn with_correlation_id<F: std::future::Future>(correlation_id: String, work: F) -> F::Output {
+    CORRELATION.scope(correlation_id, work).await
+}
+
 fn sane_id(value: Option<&HeaderValue>) -> Option<String> {
     let raw = value?.to_str().ok()?;
     let ok = !raw.is_empty()

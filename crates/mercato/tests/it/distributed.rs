@@ -346,6 +346,7 @@ async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_pr
         .post(format!("{}/api/v1/checkout", stack.url))
         .bearer_auth(&token)
         .header("Idempotency-Key", "distributed-1")
+        .header("X-Correlation-Id", "journey-correlation-1")
         .json(&json!({
             "payment_method": "card",
             "shipping_address": {
@@ -407,6 +408,28 @@ async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_pr
             .then_some(())
     })
     .await;
+    // The checkout's correlation id reached the consumers in other processes, through the
+    // events, and is on their log lines.
+    for (process, consumer) in [
+        ("inventory-1", "inventory-orders"),
+        ("notifications-1", "notifications"),
+    ] {
+        let path = stack.dir.path().join(format!("{process}.log"));
+        eventually(
+            &format!("{process} logging the checkout's events under its correlation id"),
+            || async {
+                let log = std::fs::read_to_string(&path).ok()?;
+                log.lines()
+                    .any(|line| {
+                        line.contains("event handled")
+                            && line.contains("journey-correlation-1")
+                            && line.contains(consumer)
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     // Both orders replicas answer for the same order.
     for replica in ["orders-1", "orders-2"] {
         let base = format!("http://127.0.0.1:{}", stack.port_of(replica));
