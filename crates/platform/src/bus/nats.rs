@@ -179,20 +179,45 @@ impl Bus for NatsBus {
             .get_stream(&self.config.stream)
             .await
             .context("JetStream stream missing")?;
+        let config = consumer::pull::Config {
+            durable_name: Some(subscription.group.clone()),
+            filter_subject,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait,
+            // Unlimited: our own limit dead-letters the event on its last attempt, and
+            // if recording the dead letter fails the event must come back, not vanish.
+            max_deliver: -1,
+            ..Default::default()
+        };
+        // A new version may subscribe a group to other event types (a wider filter). The
+        // durable consumer of the old version keeps its filter, so it is replaced by one that
+        // starts right after the last event the old one had acknowledged throughout; what lies
+        // between comes again, and consumers are idempotent.
+        if let Ok(info) = stream.consumer_info(&subscription.group).await {
+            if info.config.filter_subject != config.filter_subject {
+                let start_sequence = info.ack_floor.stream_sequence + 1;
+                tracing::info!(
+                    group = %subscription.group,
+                    from = %info.config.filter_subject,
+                    to = %config.filter_subject,
+                    start_sequence,
+                    "the consumer's event types changed; replacing its JetStream consumer"
+                );
+                stream
+                    .delete_consumer(&subscription.group)
+                    .await
+                    .context("cannot replace the JetStream consumer")?;
+                stream
+                    .create_consumer(consumer::pull::Config {
+                        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                        ..config.clone()
+                    })
+                    .await
+                    .context("cannot replace the JetStream consumer")?;
+            }
+        }
         let consumer = stream
-            .get_or_create_consumer(
-                &subscription.group,
-                consumer::pull::Config {
-                    durable_name: Some(subscription.group.clone()),
-                    filter_subject,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: self.config.ack_wait,
-                    // Unlimited: our own limit dead-letters the event on its last attempt, and
-                    // if recording the dead letter fails the event must come back, not vanish.
-                    max_deliver: -1,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(&subscription.group, config)
             .await
             .context("cannot create the JetStream consumer")?;
         tokio::spawn(self.clone().run(subscription, consumer));

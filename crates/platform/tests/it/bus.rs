@@ -588,3 +588,56 @@ async fn log_bus_prunes_only_old_events_every_group_has_passed() -> anyhow::Resu
     second_db.close().await;
     Ok(())
 }
+
+/// A new version subscribes a group to one more event type: its JetStream consumer is replaced
+/// and carries on after the last event the old one had acknowledged (none lost, none again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_given_more_types_by_a_new_version_resumes_where_it_was() -> anyhow::Result<()> {
+    let Some(url) = testing::server_url(testing::NATS_URL_VAR) else {
+        eprintln!("skipped: {} is not set", testing::NATS_URL_VAR);
+        return Ok(());
+    };
+    let unique = new_id().simple();
+    let config = NatsConfig {
+        stream: format!("TEST_{unique}"),
+        subject_prefix: format!("test{unique}"),
+        ..NatsConfig::new(&url)
+    };
+    let first = event("order.placed", 1);
+    let (second, third) = (event("order.placed", 2), event("order.refunded", 3));
+
+    let old_cancel = CancellationToken::new();
+    let old = NatsBus::connect(config.clone(), old_cancel.clone()).await?;
+    let old_tally = Arc::new(Tally::default());
+    let subscription = |types: &[&str], handler: Arc<Tally>| Subscription {
+        group: "billing".to_owned(),
+        types: types.iter().map(|t| (*t).to_owned()).collect(),
+        handler,
+        retry: RETRY,
+    };
+    old.subscribe(subscription(&["order.placed"], old_tally.clone()))
+        .await?;
+    old.publish(&first).await?;
+    assert_eq!(old_tally.received(1).await, vec![first.clone()]);
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&url).await?);
+    let stream = jetstream.get_stream(&config.stream).await?;
+    let acknowledged = eventually(DEADLINE, || async {
+        let info = stream.clone().consumer_info("billing").await.ok()?;
+        (info.ack_floor.stream_sequence >= 1).then_some(())
+    })
+    .await;
+    assert!(acknowledged.is_some(), "the old consumer acknowledged the first event");
+    old_cancel.cancel();
+
+    let new_cancel = CancellationToken::new();
+    let new = NatsBus::connect(config.clone(), new_cancel.clone()).await?;
+    new.publish(&second).await?;
+    new.publish(&third).await?;
+    let new_tally = Arc::new(Tally::default());
+    new.subscribe(subscription(&["order.placed", "order.refunded"], new_tally.clone()))
+        .await?;
+    assert_eq!(new_tally.received(2).await, [second, third]);
+    new_cancel.cancel();
+    jetstream.delete_stream(&config.stream).await?;
+    Ok(())
+}
