@@ -210,9 +210,7 @@ impl Cache for TieredCache {
             return None;
         }
         let seen = self.local.generation().await;
-        let Some(mut conn) = self.link.get() else {
-            return None;
-        };
+        let mut conn = self.link.get()?;
         match redis::cmd("GET")
             .arg(self.entry_key(key))
             .query_async::<Option<Vec<u8>>>(&mut conn)
