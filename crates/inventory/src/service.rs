@@ -667,42 +667,71 @@ impl Inventory {
                     line.sku
                 )
             })?;
-            changed.push((line, after, if sold { -line.quantity } else { 0 }));
-        }
-        let entries: Vec<Entry<'_>> = changed
-            .iter()
-            .map(|(line, after, on_hand_delta)| Entry {
-                sku: &line.sku,
-                kind,
-                on_hand_delta: *on_hand_delta,
-                reserved_delta: -line.quantity,
+            changed.push(Moved {
+                line,
                 after,
-                reason: reason_text,
-                reference: Some(&order_id),
-                actor: ctx.actor,
-                at: now,
-            })
-            .collect();
-        store::record_all(&mut tx, &entries).await?;
-        for (line, after, on_hand_delta) in &changed {
-            let before = Levels {
-                on_hand: after.on_hand - on_hand_delta,
-                reserved: after.reserved + line.quantity,
-                ..after.levels()
-            };
-            Self::signal(&mut tx, &line.sku, &before, after, ctx).await?;
+                on_hand_delta: if sold { -line.quantity } else { 0 },
+                reserved_delta: -line.quantity,
+            });
         }
-        let (kind, mut data) = match to {
+        let (event, data) = match to {
             ReservationStatus::Committed => (COMMITTED, json!({})),
             _ => (RELEASED, json!({ "reason": reason_text })),
         };
-        data["reservation_id"] = json!(row.id);
-        data["order_id"] = json!(order_id);
-        data["lines"] = json!(lines);
-        Self::emit(&mut tx, kind, &order_id, data, ctx).await?;
+        let moves = Moves {
+            reservation: &row,
+            lines: &lines,
+            changed: &changed,
+            kind,
+            reason: reason_text,
+            now,
+        };
+        self.record_moves(&mut tx, moves, event, data, ctx).await?;
         tx.commit().await?;
         self.outbox.wake();
         Reservation::from_row(row, lines)
+    }
+
+    /// Records the units a reservation moved in the ledger, announces the level changes they
+    /// make, and publishes `event` with `data` plus the reservation, its order and its lines.
+    async fn record_moves(
+        &self,
+        tx: &mut Tx,
+        moves: Moves<'_>,
+        event: &str,
+        mut data: serde_json::Value,
+        ctx: Context<'_>,
+    ) -> Result<(), ApiError> {
+        let order_id = moves.reservation.order_id.as_str();
+        let entries: Vec<Entry<'_>> = moves
+            .changed
+            .iter()
+            .map(|moved| Entry {
+                sku: &moved.line.sku,
+                kind: moves.kind,
+                on_hand_delta: moved.on_hand_delta,
+                reserved_delta: moved.reserved_delta,
+                after: &moved.after,
+                reason: moves.reason,
+                reference: Some(order_id),
+                actor: ctx.actor,
+                at: moves.now,
+            })
+            .collect();
+        store::record_all(tx, &entries).await?;
+        for moved in moves.changed {
+            let before = Levels {
+                on_hand: moved.after.on_hand - moved.on_hand_delta,
+                reserved: moved.after.reserved - moved.reserved_delta,
+                ..moved.after.levels()
+            };
+            Self::signal(tx, &moved.line.sku, &before, &moved.after, ctx).await?;
+        }
+        data["reservation_id"] = json!(moves.reservation.id);
+        data["order_id"] = json!(order_id);
+        data["lines"] = json!(moves.lines);
+        Self::emit(tx, event, order_id, data, ctx).await?;
+        Ok(())
     }
 
     /// Commits the reservation of an order paid after the reservation expired: its units are
@@ -723,7 +752,12 @@ impl Inventory {
         let mut changed = Vec::with_capacity(lines.len());
         for line in &lines {
             match store::sell_free_units(&mut tx, &line.sku, line.quantity, now).await? {
-                Some(after) => changed.push((line, after)),
+                Some(after) => changed.push(Moved {
+                    line,
+                    after,
+                    on_hand_delta: -line.quantity,
+                    reserved_delta: 0,
+                }),
                 None => {
                     tx.rollback().await?;
                     tracing::warn!(order_id, sku = %line.sku, "an order was paid after its reservation expired and its units are gone");
@@ -736,30 +770,16 @@ impl Inventory {
                 }
             }
         }
-        let entries: Vec<Entry<'_>> = changed
-            .iter()
-            .map(|(line, after)| Entry {
-                sku: &line.sku,
-                kind: Movement::Commit,
-                on_hand_delta: -line.quantity,
-                reserved_delta: 0,
-                after,
-                reason: Some("paid after the reservation expired"),
-                reference: Some(&order_id),
-                actor: ctx.actor,
-                at: now,
-            })
-            .collect();
-        store::record_all(&mut tx, &entries).await?;
-        for (line, after) in &changed {
-            let before = Levels {
-                on_hand: after.on_hand + line.quantity,
-                ..after.levels()
-            };
-            Self::signal(&mut tx, &line.sku, &before, after, ctx).await?;
-        }
-        let data = json!({ "reservation_id": row.id, "order_id": order_id, "lines": lines, "late": true });
-        Self::emit(&mut tx, COMMITTED, &order_id, data, ctx).await?;
+        let moves = Moves {
+            reservation: &row,
+            lines: &lines,
+            changed: &changed,
+            kind: Movement::Commit,
+            reason: Some("paid after the reservation expired"),
+            now,
+        };
+        self.record_moves(&mut tx, moves, COMMITTED, json!({ "late": true }), ctx)
+            .await?;
         tx.commit().await?;
         self.outbox.wake();
         Reservation::from_row(row, lines).map(Some)
@@ -888,6 +908,25 @@ fn stale() -> ApiError {
 pub use platform::sku::sku_param as parse_sku;
 
 /// Order ids are opaque to inventory but bounded: 1–100 visible ASCII characters.
+/// One SKU's units a reservation moved: the levels after, and by how much on hand and reserved
+/// changed.
+struct Moved<'a> {
+    line: &'a Line,
+    after: After,
+    on_hand_delta: i64,
+    reserved_delta: i64,
+}
+
+/// What a change to a reservation moved, for [`Inventory::record_moves`].
+struct Moves<'a> {
+    reservation: &'a ReservationRow,
+    lines: &'a [Line],
+    changed: &'a [Moved<'a>],
+    kind: Movement,
+    reason: Option<&'a str>,
+    now: i64,
+}
+
 fn parse_order_id(raw: &str) -> Result<String, ApiError> {
     let id = raw.trim();
     if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| b.is_ascii_graphic()) {
