@@ -164,16 +164,24 @@ pub struct ReservationExpiry {
     pub orders: Arc<Orders>,
 }
 
-impl ReservationExpiry {
-    async fn unfillable(&self, event: &Event) -> anyhow::Result<()> {
+#[async_trait]
+impl EventHandler for ReservationExpiry {
+    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
         let data: Released = event.data_as()?;
+        let (trigger, reason) = if event.kind == INVENTORY_UNFILLABLE {
+            (Trigger::Cancel, "out_of_stock")
+        } else if data.reason.as_deref() == Some("expired") {
+            (Trigger::ReservationExpired, "payment_timeout")
+        } else {
+            return Ok(());
+        };
         match self
             .orders
             .apply(
                 &data.order_id,
-                Trigger::Cancel,
+                trigger,
                 &Actor::Service("inventory"),
-                Some("out_of_stock"),
+                Some(reason),
                 None,
                 event.correlationid.as_deref(),
             )
@@ -181,34 +189,6 @@ impl ReservationExpiry {
         {
             // Gone, or closed already (cancelled another way): nothing to do.
             Ok(_) | Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(()),
-            Err(err) => Err(as_anyhow(err)),
-        }
-    }
-}
-
-#[async_trait]
-impl EventHandler for ReservationExpiry {
-    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
-        if event.kind == INVENTORY_UNFILLABLE {
-            return self.unfillable(event).await;
-        }
-        let data: Released = event.data_as()?;
-        if data.reason.as_deref() != Some("expired") {
-            return Ok(());
-        }
-        match self
-            .orders
-            .apply(
-                &data.order_id,
-                Trigger::ReservationExpired,
-                &Actor::Service("inventory"),
-                Some("payment_timeout"),
-                None,
-                event.correlationid.as_deref(),
-            )
-            .await
-        {
-            Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
             Err(err) => Err(as_anyhow(err)),
         }
     }
