@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use platform::redis_link::Link;
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::cache::{Cache, MemoryCache};
@@ -51,11 +52,6 @@ if ARGV[4] == '1' then
 end
 return 1
 ";
-
-/// The error of a call not made because Redis is paused after a failure.
-fn paused() -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::IoError, "Redis is paused after a failure"))
-}
 
 /// The two-level cache.
 pub struct TieredCache {
@@ -91,22 +87,18 @@ impl TieredCache {
         })
     }
 
-    /// Whether to call Redis now: not paused after a failure, and no invalidation owed (one
-    /// that is owed is made up for here first).
-    async fn usable(&self) -> bool {
-        if self.link.get().is_none() {
-            return false;
-        }
+    /// The connection, when Redis may be called now: not paused after a failure, and with an
+    /// owed invalidation made up for first.
+    async fn connection(&self) -> Option<ConnectionManager> {
+        let mut conn = self.link.get()?;
         if self.owed.load(Ordering::SeqCst) {
-            match self.drop_everything().await {
-                Ok(()) => self.owed.store(false, Ordering::SeqCst),
-                Err(err) => {
-                    self.failed(&err);
-                    return false;
-                }
+            if let Err(err) = self.drop_everything(&mut conn).await {
+                self.failed(&err);
+                return None;
             }
+            self.owed.store(false, Ordering::SeqCst);
         }
-        true
+        Some(conn)
     }
 
     fn failed(&self, err: &redis::RedisError) {
@@ -128,25 +120,19 @@ impl TieredCache {
     }
 
     /// Moves the generation and drops `keys` and every query answer, in one script.
-    async fn drop_remote(&self, keys: &[String]) -> redis::RedisResult<()> {
-        let Some(mut conn) = self.link.get() else {
-            return Err(paused());
-        };
+    async fn drop_remote(&self, conn: &mut ConnectionManager, keys: &[String]) -> redis::RedisResult<()> {
         let mut call = self.invalidate.prepare_invoke();
         call.key(self.generation_key()).key(self.queries_key());
         for key in keys {
             call.arg(self.entry_key(key));
         }
-        call.invoke_async::<i64>(&mut conn).await.map(|_| ())
+        call.invoke_async::<i64>(conn).await.map(|_| ())
     }
 
     /// Moves the generation and drops every entry: query answers, then product pages (found by
     /// a scan, as pages are not indexed; this is rare).
-    async fn drop_everything(&self) -> redis::RedisResult<()> {
-        self.drop_remote(&[]).await?;
-        let Some(mut conn) = self.link.get() else {
-            return Err(paused());
-        };
+    async fn drop_everything(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        self.drop_remote(conn, &[]).await?;
         let pattern = format!("{}catalog:cache:product:*", self.prefix);
         let mut cursor: u64 = 0;
         loop {
@@ -156,10 +142,10 @@ impl TieredCache {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(500)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await?;
             if !keys.is_empty() {
-                redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn).await?;
+                redis::cmd("DEL").arg(&keys).query_async::<i64>(conn).await?;
             }
             if next == 0 {
                 return Ok(());
@@ -168,13 +154,20 @@ impl TieredCache {
         }
     }
 
-    /// Notes an invalidation Redis did not take (or was not asked, while paused) as owed.
-    async fn invalidate_remote(&self, result: redis::RedisResult<()>) {
+    /// Runs an invalidation in Redis, or notes it as owed when Redis is paused or does not
+    /// take it.
+    async fn invalidate_remote(&self, keys: Option<&[String]>) {
+        let Some(mut conn) = self.link.get() else {
+            self.owed.store(true, Ordering::SeqCst);
+            return;
+        };
+        let result = match keys {
+            Some(keys) => self.drop_remote(&mut conn, keys).await,
+            None => self.drop_everything(&mut conn).await,
+        };
         if let Err(err) = result {
             self.owed.store(true, Ordering::SeqCst);
-            if self.link.get().is_some() {
-                self.failed(&err);
-            }
+            self.failed(&err);
             tracing::warn!(error = %err, "cannot invalidate the Redis cache; it is cleared before it is used again");
         }
     }
@@ -183,10 +176,7 @@ impl TieredCache {
 #[async_trait]
 impl Cache for TieredCache {
     async fn generation(&self) -> u64 {
-        if !self.usable().await {
-            return LOCAL_ONLY | self.local.generation().await;
-        }
-        let Some(mut conn) = self.link.get() else {
+        let Some(mut conn) = self.connection().await else {
             return LOCAL_ONLY | self.local.generation().await;
         };
         match redis::cmd("GET")
@@ -206,11 +196,8 @@ impl Cache for TieredCache {
         if let Some(found) = self.local.get(key).await {
             return Some(found);
         }
-        if !self.usable().await {
-            return None;
-        }
+        let mut conn = self.connection().await?;
         let seen = self.local.generation().await;
-        let mut conn = self.link.get()?;
         match redis::cmd("GET")
             .arg(self.entry_key(key))
             .query_async::<Option<Vec<u8>>>(&mut conn)
@@ -262,12 +249,12 @@ impl Cache for TieredCache {
     }
 
     async fn invalidate(&self, keys: &[String]) {
-        self.invalidate_remote(self.drop_remote(keys).await).await;
+        self.invalidate_remote(Some(keys)).await;
         self.local.invalidate(keys).await;
     }
 
     async fn invalidate_all(&self) {
-        self.invalidate_remote(self.drop_everything().await).await;
+        self.invalidate_remote(None).await;
         self.local.invalidate_all().await;
     }
 
