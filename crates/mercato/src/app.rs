@@ -800,7 +800,6 @@ impl App {
             .outbox()
             .spawn_relay(payments::SERVICE, bus.clone(), cancel.clone());
         payments.spawn_sweeper(cancel.clone());
-        payments.spawn_mock_catch_up(cancel.clone());
 
         let orders_db = orders_db(&config).await?;
         dbs.push(orders_db.clone());

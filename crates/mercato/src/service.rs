@@ -257,7 +257,6 @@ impl ServiceApp {
                     .outbox()
                     .spawn_relay(payments::SERVICE, bus.clone(), cancel.clone());
                 payments.spawn_sweeper(cancel.clone());
-                payments.spawn_mock_catch_up(cancel.clone());
                 let mut part = Part::new(
                     db,
                     payments::api::router(payments.clone(), verifier.clone())

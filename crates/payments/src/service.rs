@@ -1069,22 +1069,18 @@ impl Payments {
         Ok(handled)
     }
 
-    /// Runs [`Payments::sweep`] every `sweep_interval` until cancelled.
+    /// Runs [`Payments::sweep`] every `sweep_interval` until cancelled, and with the mock
+    /// provider its catch-up pass ([`MockProvider::catch_up`]) every `mock_catch_up_interval`:
+    /// the provider's work lives in this process, so it starts wherever payments runs.
     pub fn spawn_sweeper(self: &Arc<Self>, cancel: CancellationToken) {
+        if let Some(mock) = &self.mock {
+            mock.spawn_catch_up(self.settings.mock_catch_up_interval, cancel.clone());
+        }
         let payments = self.clone();
         platform::periodic::spawn_every("payments sweeper", self.settings.sweep_interval, cancel, move || {
             let payments = payments.clone();
             async move { payments.sweep().await.map_err(|err| anyhow::anyhow!("{err}")) }
         });
-    }
-
-    /// Runs the mock provider's catch-up pass ([`MockProvider::catch_up`]) every
-    /// `mock_catch_up_interval` until cancelled; nothing with another provider. Its work lives in
-    /// this process, so it starts wherever payments runs.
-    pub fn spawn_mock_catch_up(&self, cancel: CancellationToken) {
-        if let Some(mock) = &self.mock {
-            mock.spawn_catch_up(self.settings.mock_catch_up_interval, cancel);
-        }
     }
 }
 

@@ -687,7 +687,7 @@ pub struct IntentRow {
     pub created_at: i64,
     pub decided_at: Option<i64>,
     /// When the merchant accepted the webhook of the decision. Empty while a decision is still
-    /// to be told: the resume pass delivers it again until the merchant accepts it.
+    /// to be told: the catch-up pass delivers it again until the merchant accepts it.
     pub notified_at: Option<i64>,
 }
 
