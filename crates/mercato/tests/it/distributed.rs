@@ -5,7 +5,7 @@
 //! them).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -31,6 +31,25 @@ pub(crate) struct Stack {
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/stack.sh")
+}
+
+/// Runs `scripts/stack.sh` with `env`.
+fn stack_sh(env: &[(String, String)], args: &[&str]) -> std::io::Result<Output> {
+    Command::new("bash")
+        .arg(script())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+}
+
+fn succeeded(args: &[&str], output: std::io::Result<Output>) {
+    let output = output.expect("the stack script runs");
+    assert!(
+        output.status.success(),
+        "stack.sh {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A base port with the thirteen ports above it free (processes, then NATS and Redis).
@@ -103,18 +122,7 @@ impl Stack {
     }
 
     fn run(&self, args: &[&str]) {
-        let output = Command::new("bash")
-            .arg(script())
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .expect("the stack script runs");
-        assert!(
-            output.status.success(),
-            "stack.sh {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        succeeded(args, stack_sh(&self.env, args));
     }
 
     /// kill -9 of one process (`orders-1`, or `nats` / `redis` when the stack owns them).
@@ -127,25 +135,17 @@ impl Stack {
         self.run_async(&["revive", process]).await;
     }
 
+    /// [`Stack::run`] off the runtime's threads (the script waits for processes).
     async fn run_async(&self, args: &[&str]) {
         let env = self.env.clone();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let owned: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let output = tokio::task::spawn_blocking(move || {
-            Command::new("bash")
-                .arg(script())
-                .args(&args)
-                .envs(env)
-                .output()
-                .expect("the stack script runs")
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            stack_sh(&env, &args)
         })
         .await
         .unwrap();
-        assert!(
-            output.status.success(),
-            "stack.sh failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        succeeded(args, output);
     }
 
     /// One service's database, as the stack created it.
@@ -225,15 +225,8 @@ impl Drop for Stack {
                 eprintln!("the stack's logs are kept in {}", kept.display());
             }
         }
-        let run = |args: &[&str]| {
-            let _ = Command::new("bash")
-                .arg(script())
-                .args(args)
-                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .output();
-        };
-        run(&["stop"]);
-        run(&["drop"]);
+        let _ = stack_sh(&self.env, &["stop"]);
+        let _ = stack_sh(&self.env, &["drop"]);
     }
 }
 

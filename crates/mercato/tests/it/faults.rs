@@ -52,111 +52,94 @@ impl Moments {
     }
 }
 
-/// One checkout under `key`, sent again with the same key after every failure until it has an
-/// answer, as a careful client does.
-async fn checkout(stack: &Stack, token: &str, key: &str) -> Answer {
+/// Sends the request `request` builds until the answer is one `again` does not send it again
+/// for, as a careful client does: a broken connection, or an answer `again` names (a process
+/// being killed), is tried again after a pause, for up to 240 s.
+async fn answered(
+    what: &str,
+    request: impl Fn() -> reqwest::RequestBuilder,
+    again: impl Fn(StatusCode, &Value) -> bool,
+) -> (StatusCode, Value) {
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut pause = Duration::from_millis(100);
     loop {
-        let sent = stack
-            .client
-            .post(format!("{}/api/v1/checkout", stack.url))
-            .bearer_auth(token)
-            .header("Idempotency-Key", key)
-            .json(&json!({"payment_method": "card", "shipping_address": address()}))
-            .send()
-            .await;
-        let failure = match sent {
+        let failure = match request().send().await {
             Ok(response) => {
                 let status = response.status();
                 let body: Value = response.json().await.unwrap_or(Value::Null);
-                match status.as_u16() {
-                    201 => return Answer::Placed(body["order"]["id"].as_str().unwrap().to_owned()),
-                    409 if body["shortages"].is_array() => return Answer::Short,
-                    409 if body["order_id"].is_string() => {
-                        return Answer::Interrupted(body["order_id"].as_str().unwrap().to_owned())
-                    }
-                    422 if body["detail"].as_str().is_some_and(|d| d.contains("cart is empty")) => {
-                        return Answer::Empty
-                    }
-                    409 | 502 | 503 | 504 => format!("{status}: {body}"),
-                    _ => panic!("checkout {key}: unexpected {status}: {body}"),
+                if !again(status, &body) {
+                    return (status, body);
                 }
+                format!("{status}: {body}")
             }
             Err(err) => err.to_string(),
         };
         assert!(
             Instant::now() < deadline,
-            "checkout {key} got no answer in 240 s; the last: {failure}"
+            "{what} got no answer in 240 s; the last: {failure}"
         );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
+/// One checkout under `key`, sent again with the same key after every failure until it has an
+/// answer.
+async fn checkout(stack: &Stack, token: &str, key: &str) -> Answer {
+    let request = || {
+        stack
+            .client
+            .post(format!("{}/api/v1/checkout", stack.url))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&json!({"payment_method": "card", "shipping_address": address()}))
+    };
+    // A gateway or dependency failure, or the key still held by a request that died.
+    let again = |status: StatusCode, body: &Value| {
+        matches!(status.as_u16(), 502..=504)
+            || (status == StatusCode::CONFLICT && !body["shortages"].is_array() && !body["order_id"].is_string())
+    };
+    let (status, body) = answered(&format!("checkout {key}"), request, again).await;
+    match status.as_u16() {
+        201 => Answer::Placed(body["order"]["id"].as_str().unwrap().to_owned()),
+        409 if body["shortages"].is_array() => Answer::Short,
+        409 => Answer::Interrupted(body["order_id"].as_str().unwrap().to_owned()),
+        422 if body["detail"].as_str().is_some_and(|d| d.contains("cart is empty")) => Answer::Empty,
+        _ => panic!("checkout {key}: unexpected {status}: {body}"),
+    }
+}
+
+fn server_error(status: StatusCode, _: &Value) -> bool {
+    status.is_server_error()
+}
+
 /// Puts `quantity` of `sku` into the cart, trying again through failures.
 async fn add_to_cart(stack: &Stack, token: &str, sku: &str, quantity: i64) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let sent = stack
+    let request = || {
+        stack
             .client
             .post(format!("{}/api/v1/cart/items", stack.url))
             .bearer_auth(token)
             .json(&json!({"sku": sku, "quantity": quantity}))
-            .send()
-            .await;
-        let failure = match sent {
-            Ok(response) if response.status() == StatusCode::OK => return,
-            Ok(response) if response.status().is_server_error() => response.status().to_string(),
-            Ok(response) => {
-                let status = response.status();
-                panic!(
-                    "adding {sku}: unexpected {status}: {}",
-                    response.text().await.unwrap_or_default()
-                )
-            }
-            Err(err) => err.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "adding {sku} failed for 240 s; the last: {failure}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    let (status, body) = answered(&format!("adding {sku}"), request, server_error).await;
+    assert_eq!(status, StatusCode::OK, "adding {sku}: {body}");
 }
 
 /// Makes the cart hold exactly one of `sku` (whatever an earlier order left in it while its
 /// payment was still on the way), trying again through failures.
 async fn one_in_cart(stack: &Stack, token: &str, sku: &str) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let sent = stack
+    let request = || {
+        stack
             .client
             .patch(format!("{}/api/v1/cart/items/{sku}", stack.url))
             .bearer_auth(token)
             .json(&json!({"quantity": 1}))
-            .send()
-            .await;
-        let failure = match sent {
-            Ok(response) if response.status() == StatusCode::OK => return,
-            Ok(response) if response.status() == StatusCode::NOT_FOUND => {
-                return add_to_cart(stack, token, sku, 1).await
-            }
-            Ok(response) if response.status().is_server_error() => response.status().to_string(),
-            Ok(response) => {
-                let status = response.status();
-                panic!(
-                    "setting {sku}: unexpected {status}: {}",
-                    response.text().await.unwrap_or_default()
-                )
-            }
-            Err(err) => err.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "setting {sku} failed for 240 s; the last: {failure}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    match answered(&format!("setting {sku}"), request, server_error).await {
+        (StatusCode::OK, _) => {}
+        (StatusCode::NOT_FOUND, _) => add_to_cart(stack, token, sku, 1).await,
+        (status, body) => panic!("setting {sku}: unexpected {status}: {body}"),
     }
 }
 
