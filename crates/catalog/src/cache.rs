@@ -50,10 +50,12 @@ pub struct MemoryCache {
 }
 
 impl MemoryCache {
-    pub fn new(ttl: Duration, max_entries: u64) -> Self {
+    /// A cache whose parts each hold up to `max_bytes` of keys and answers.
+    pub fn new(ttl: Duration, max_bytes: u64) -> Self {
         let build = || {
             moka::sync::Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(|key: &String, value: &Bytes| (key.len() + value.len()).try_into().unwrap_or(u32::MAX))
                 .time_to_live(ttl)
                 .build()
         };
@@ -148,8 +150,29 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn each_part_is_bounded_in_bytes() {
+        let cache = MemoryCache::new(Duration::from_secs(60), 64 * 1024);
+        let g = cache.generation().await;
+        let answer = Bytes::from(vec![b'x'; 10_000]);
+        for i in 0..100 {
+            cache.insert(format!("search:q{i}"), answer.clone(), g).await;
+        }
+        cache.queries.run_pending_tasks();
+        assert!(
+            cache.queries.weighted_size() <= 64 * 1024,
+            "{}",
+            cache.queries.weighted_size()
+        );
+        let kept = cache.queries.entry_count();
+        assert!((1..=6).contains(&kept), "{kept} answers of 10 kB kept in 64 KiB");
+        // The product part has a budget of its own.
+        cache.insert("product:p1".to_owned(), answer.clone(), g).await;
+        assert_eq!(cache.get("product:p1").await, Some(answer));
+    }
+
+    #[tokio::test]
     async fn a_stale_read_does_not_outlive_the_invalidation_it_raced() {
-        let cache = MemoryCache::new(Duration::from_secs(60), 100);
+        let cache = MemoryCache::new(Duration::from_secs(60), 1 << 20);
         let seen = cache.generation().await;
         // The product changes while the reader is still reading the old row.
         cache.invalidate(&product_keys("p1", &["shoe"])).await;
@@ -167,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_product_change_clears_its_page_and_every_list() {
-        let cache = MemoryCache::new(Duration::from_secs(60), 100);
+        let cache = MemoryCache::new(Duration::from_secs(60), 1 << 20);
         let g = cache.generation().await;
         cache.insert("product:p1".to_owned(), Bytes::from_static(b"1"), g).await;
         cache.insert("product:p2".to_owned(), Bytes::from_static(b"2"), g).await;

@@ -73,11 +73,11 @@ impl TieredCache {
         prefix: &str,
         ttl: Duration,
         local_ttl: Duration,
-        max_entries: u64,
+        local_max_bytes: u64,
     ) -> anyhow::Result<Self> {
         let link = Link::connect(url).await?;
         Ok(Self {
-            local: MemoryCache::new(local_ttl.min(ttl), max_entries),
+            local: MemoryCache::new(local_ttl.min(ttl), local_max_bytes),
             link,
             prefix: prefix.to_owned(),
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),

@@ -350,7 +350,7 @@ pub async fn build_catalog(config: &Config, db: Db, clock: SharedClock) -> anyho
         catalog::search::SearchIndex::open(&config.data_dir.join("search")).context("cannot open the search index")?;
     let ttl = Duration::from_secs(config.catalog.cache_ttl_secs);
     let cache: Arc<dyn catalog::cache::Cache> = match config.catalog.cache_store {
-        CacheStore::Memory => Arc::new(catalog::cache::MemoryCache::new(ttl, config.catalog.cache_max_entries)),
+        CacheStore::Memory => Arc::new(catalog::cache::MemoryCache::new(ttl, config.catalog.cache_max_mb << 20)),
         CacheStore::Redis => {
             let url = config
                 .catalog
@@ -363,7 +363,7 @@ pub async fn build_catalog(config: &Config, db: Db, clock: SharedClock) -> anyho
                     &config.catalog.cache_redis_prefix,
                     ttl,
                     Duration::from_millis(config.catalog.cache_local_ttl_ms),
-                    config.catalog.cache_max_entries,
+                    config.catalog.cache_max_mb << 20,
                 )
                 .await
                 .context("cannot connect to Redis for the catalog cache")?,

@@ -155,8 +155,9 @@ pub struct CatalogConfig {
     pub currency: String,
     /// How long a cached product page, list or search answer may be served.
     pub cache_ttl_secs: u64,
-    /// How many answers the read cache holds (per part: product pages, lists and searches).
-    pub cache_max_entries: u64,
+    /// How many mebibytes of answers the read cache holds, per part (product pages; lists and
+    /// searches). Bounded in bytes, not entries: a search answer with facets is tens of kilobytes.
+    pub cache_max_mb: u64,
     /// `memory`: the cache is this process's alone. `redis`: a second level in Redis shared by
     /// every catalog replica, invalidated by any of them (the distributed mode).
     pub cache_store: CacheStore,
@@ -474,7 +475,7 @@ impl Default for CatalogConfig {
         Self {
             currency: "USD".to_owned(),
             cache_ttl_secs: 60,
-            cache_max_entries: 50_000,
+            cache_max_mb: 64,
             cache_store: CacheStore::Memory,
             cache_redis_url: None,
             cache_redis_prefix: "mercato:".to_owned(),

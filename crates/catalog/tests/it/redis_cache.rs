@@ -16,7 +16,7 @@ async fn replicas() -> Option<(TieredCache, TieredCache)> {
     };
     // A fresh prefix per test keeps concurrent tests (and earlier runs) apart.
     let prefix = format!("test:{}:", uuid::Uuid::now_v7().simple());
-    let connect = || TieredCache::connect(&url, &prefix, Duration::from_secs(60), Duration::ZERO, 100);
+    let connect = || TieredCache::connect(&url, &prefix, Duration::from_secs(60), Duration::ZERO, 1 << 20);
     Some((connect().await.unwrap(), connect().await.unwrap()))
 }
 

@@ -330,7 +330,7 @@ async fn an_index_ahead_of_the_database_is_rebuilt(db: Db) {
     let indexer = Indexer::new(
         db.clone(),
         index.clone(),
-        Arc::new(MemoryCache::new(Duration::from_secs(1), 10)),
+        Arc::new(MemoryCache::new(Duration::from_secs(1), 1 << 20)),
     );
     indexer.catch_up().await.unwrap();
     assert_eq!((index.num_docs(), index.indexed_seq()), (1, 1));
@@ -438,7 +438,7 @@ async fn list_filters_and_the_index_agree_with_a_brute_force_filter(db: Db) {
     let indexer = Indexer::new(
         db.clone(),
         index.clone(),
-        Arc::new(MemoryCache::new(Duration::from_secs(1), 10)),
+        Arc::new(MemoryCache::new(Duration::from_secs(1), 1 << 20)),
     );
     indexer.catch_up().await.unwrap();
     assert!(index.num_docs() > 0 && index.num_docs() < 400, "drafts are not indexed");
