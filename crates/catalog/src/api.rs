@@ -23,7 +23,6 @@ use crate::domain::{
     self, Attribute, Image, ProductDraft, ProductStatus, ReviewSpec, ReviewStatus, SortOrder, VariantInput,
 };
 use crate::service::{Catalog, CategoryPatch, ListQuery, ProductPatch};
-use crate::store;
 use crate::views::{
     CategoryCrumb, CategoryNode, CategoryRef, CategoryView, PriceRange, ProductSummary, ProductView, RatingSummary,
     ReviewView, VariantView, WishlistItem,
@@ -634,7 +633,7 @@ async fn search(
 }
 
 async fn facet_view(catalog: &Catalog, facets: crate::search::Facets) -> Result<Facets, ApiError> {
-    let categories = store::all_categories(catalog.db().reader()).await?;
+    let categories = catalog.all_categories().await?;
     Ok(Facets {
         categories: facets
             .categories

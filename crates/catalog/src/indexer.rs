@@ -9,10 +9,12 @@
 //! At start the index catches up from whatever number it holds, which rebuilds a missing index.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform::store::Db;
+use sqlx::AnyPool;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -25,11 +27,70 @@ const BATCH: i64 = 1_000;
 const POLL: Duration = Duration::from_secs(2);
 /// A catch-up that indexed this many products merges the index into one segment afterwards.
 const OPTIMIZE_AFTER: usize = 5_000;
+/// How many product rows [`ProductRows`] keeps.
+const ROW_CACHE_ENTRIES: u64 = 20_000;
+
+/// The product rows behind search hits, kept in memory: showing a page of hits would otherwise
+/// cost a database query per search. The indexer drops a product's row whenever it indexes a
+/// change of that product, so a row here is never older than the index's own view of it.
+pub struct ProductRows {
+    rows: moka::sync::Cache<String, Arc<ProductRow>>,
+    /// Moves on every drop, so that a row read before a drop is not put back after it.
+    generation: AtomicU64,
+}
+
+impl ProductRows {
+    pub fn new(max_entries: u64) -> Self {
+        Self {
+            rows: moka::sync::Cache::new(max_entries),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The rows of `ids` that exist, in no particular order; those not in memory are read from
+    /// `db` in one query.
+    pub async fn get(&self, db: &AnyPool, ids: &[String]) -> Result<Vec<Arc<ProductRow>>, sqlx::Error> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.rows.get(id) {
+                Some(row) => found.push(row),
+                None => missing.push(id.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        for row in store::products_by_ids(db, &missing).await? {
+            let row = Arc::new(row);
+            if self.generation.load(Ordering::SeqCst) == generation {
+                self.rows.insert(row.id.clone(), Arc::clone(&row));
+                // A drop that began after the check must not miss this row: it moves the
+                // generation before removing, so either it removes the row or this sees it moved.
+                if self.generation.load(Ordering::SeqCst) != generation {
+                    self.rows.invalidate(&row.id);
+                }
+            }
+            found.push(row);
+        }
+        Ok(found)
+    }
+
+    /// Drops the rows of `ids` (their products changed).
+    pub fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for id in ids {
+            self.rows.invalidate(id);
+        }
+    }
+}
 
 pub struct Indexer {
     db: Db,
     index: Arc<SearchIndex>,
     cache: Arc<dyn Cache>,
+    rows: ProductRows,
     /// One catch-up at a time; a caller that waited finds most of its work already done.
     running: Mutex<()>,
     wake: Notify,
@@ -41,6 +102,7 @@ impl Indexer {
             db,
             index,
             cache,
+            rows: ProductRows::new(ROW_CACHE_ENTRIES),
             running: Mutex::new(()),
             wake: Notify::new(),
         }
@@ -48,6 +110,11 @@ impl Indexer {
 
     pub fn index(&self) -> &Arc<SearchIndex> {
         &self.index
+    }
+
+    /// The rows of the indexed products, as fresh as the index.
+    pub fn rows(&self) -> &ProductRows {
+        &self.rows
     }
 
     /// Asks the background task to catch up now.
@@ -127,6 +194,7 @@ impl Indexer {
             seen += rows.len();
             let index = self.index.clone();
             tokio::task::spawn_blocking(move || index.apply(&docs, &removed, complete_through)).await??;
+            self.rows.forget(rows.iter().map(|row| row.id.as_str()));
             self.cache.invalidate(&keys).await;
             if !full {
                 break;

@@ -5,21 +5,20 @@
 //! the commit payload records a schema version and the change sequence number so a restarted
 //! process knows how far the index has caught up.
 
-use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
+mod engine;
+
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
-use tantivy::collector::sort_key::SortByStaticFastValue;
-use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{
-    AllQuery, AutomatonWeight, BooleanQuery, BoostQuery, ConstScoreQuery, DfaWrapper, DisjunctionMaxQuery,
-    EnableScoring, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery, TermSetQuery, Weight,
+    BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, FuzzyTermQuery, Occur, Query, TermQuery,
+    TermSetQuery,
 };
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TantivyDocument, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED,
@@ -28,9 +27,7 @@ use tantivy::schema::{
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, TokenStream,
 };
-use tantivy::{
-    DocAddress, DocId, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, SegmentOrdinal, SegmentReader, Term,
-};
+use tantivy::{DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader, Term};
 
 /// Bump this whenever the schema or the analysis changes; an index with another version is rebuilt.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -296,22 +293,22 @@ fn boosted(query: Box<dyn Query>, boost: Score) -> Box<dyn Query> {
     Box::new(BoostQuery::new(query, boost))
 }
 
-/// A filter clause that restricts matches without adding to the score.
-fn filter(query: Box<dyn Query>) -> (Occur, Box<dyn Query>) {
-    (Occur::Must, Box::new(ConstScoreQuery::new(query, 0.0)))
-}
-
 /// Builds the disjunction for one word over `fields`: an exact term (BM25), a typo-tolerant
 /// alternative and, when `prefix`, a prefix alternative, each weighted by the field boost.
-fn word_query(fields: &[(Field, Score)], word: &str, cut: bool, prefix: bool) -> tantivy::Result<Box<dyn Query>> {
+/// The typo alternative matches the terms of the field within the word's edit distance, which
+/// come from the segments' vocabularies (`tables`): comparing a word with a few hundred terms
+/// costs microseconds, where building its Levenshtein automaton cost a millisecond and megabytes.
+fn word_query(
+    tables: &[Arc<engine::SegmentTable>],
+    fields: &[(Field, Score)],
+    word: &str,
+    cut: bool,
+    prefix: bool,
+) -> Box<dyn Query> {
     let distance = typo_distance(word);
     let prefix = cut || (prefix && word.chars().count() >= MIN_PREFIX_CHARS);
-    let fuzzy = (distance > 0 && !cut)
-        .then(|| SharedAutomatonQuery::automaton(word, distance, false))
-        .transpose()?;
-    let starts = prefix
-        .then(|| SharedAutomatonQuery::automaton(word, 0, true))
-        .transpose()?;
+    let fuzzy = distance > 0 && !cut;
+    let chars: Vec<char> = word.chars().collect();
     let mut per_field: Vec<Box<dyn Query>> = Vec::new();
     for &(field, boost) in fields {
         let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
@@ -328,221 +325,28 @@ fn word_query(fields: &[(Field, Score)], word: &str, cut: bool, prefix: bool) ->
         }
         // Typos are forgiven where shoppers look (name, brand, category); long descriptions
         // would make every query several times dearer for matches nobody ranks high.
-        if let Some(automaton) = fuzzy.as_ref().filter(|_| boost > DESCRIPTION_BOOST) {
-            let query = SharedAutomatonQuery {
-                field,
-                automaton: Arc::clone(automaton),
-            };
-            alternatives.push(boosted(Box::new(query), boost * EXACT_WEIGHT * FUZZY_FACTOR));
+        if fuzzy && boost > DESCRIPTION_BOOST {
+            let mut typos = Vec::new();
+            for table in tables {
+                table.typos_of(field, &chars, distance, &mut typos);
+            }
+            typos.sort_unstable();
+            typos.dedup();
+            if !typos.is_empty() {
+                // Like the automaton it replaces, a constant score for any of the terms.
+                let terms = typos.iter().map(|t| Term::from_field_text(field, t));
+                let query = ConstScoreQuery::new(Box::new(TermSetQuery::new(terms)), 1.0);
+                alternatives.push(boosted(Box::new(query), boost * EXACT_WEIGHT * FUZZY_FACTOR));
+            }
         }
-        if let Some(automaton) = &starts {
-            let query = SharedAutomatonQuery {
-                field,
-                automaton: Arc::clone(automaton),
-            };
-            alternatives.push(boosted(Box::new(query), boost * EXACT_WEIGHT * PREFIX_FACTOR));
+        if prefix {
+            let starts = FuzzyTermQuery::new_prefix(Term::from_field_text(field, word), 0, true);
+            alternatives.push(boosted(Box::new(starts), boost * EXACT_WEIGHT * PREFIX_FACTOR));
         }
         per_field.push(Box::new(BooleanQuery::union(alternatives)));
     }
     // The best field counts; other fields only break ties.
-    Ok(Box::new(DisjunctionMaxQuery::with_tie_breaker(
-        per_field,
-        FIELD_TIE_BREAKER,
-    )))
-}
-
-/// Matches the terms of one field accepted by a Levenshtein automaton, with a constant score like
-/// `FuzzyTermQuery`. Building the automaton is the costly part of a fuzzy query (about a
-/// millisecond for a long word at distance 2), so it is built once per word and shared by fields.
-#[derive(Clone)]
-struct SharedAutomatonQuery {
-    field: Field,
-    automaton: Arc<DfaWrapper>,
-}
-
-impl SharedAutomatonQuery {
-    /// The automaton for `word`, from a process-wide cache: building one costs up to a
-    /// millisecond (distance 2, long words) and shoppers type the same words over and over.
-    fn automaton(word: &str, distance: u8, prefix: bool) -> tantivy::Result<Arc<DfaWrapper>> {
-        static CACHE: std::sync::OnceLock<moka::sync::Cache<(String, u8, bool), Arc<DfaWrapper>>> =
-            std::sync::OnceLock::new();
-        let cache = CACHE.get_or_init(|| moka::sync::Cache::new(20_000));
-        let key = (word.to_owned(), distance, prefix);
-        if let Some(found) = cache.get(&key) {
-            return Ok(found);
-        }
-        let built = Self::build_automaton(word, distance, prefix)?;
-        cache.insert(key, built.clone());
-        Ok(built)
-    }
-
-    fn build_automaton(word: &str, distance: u8, prefix: bool) -> tantivy::Result<Arc<DfaWrapper>> {
-        // Only the term's text matters to the automaton; the field is a placeholder.
-        let term = Term::from_field_text(Field::from_field_id(0), word);
-        let query = if prefix {
-            FuzzyTermQuery::new_prefix(term, distance, true)
-        } else {
-            FuzzyTermQuery::new(term, distance, true)
-        };
-        Ok(Arc::new(query.automaton()?))
-    }
-}
-
-impl std::fmt::Debug for SharedAutomatonQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedAutomatonQuery")
-            .field("field", &self.field)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Query for SharedAutomatonQuery {
-    fn weight(&self, _scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        Ok(Box::new(AutomatonWeight::<DfaWrapper>::new(
-            self.field,
-            Arc::clone(&self.automaton),
-        )))
-    }
-}
-
-/// Counts documents per term of a multi-valued string fast field, by dictionary ordinal.
-struct OrdCounts {
-    column: Option<StrColumn>,
-    counts: Vec<u64>,
-}
-
-impl OrdCounts {
-    fn new(column: Option<StrColumn>) -> Self {
-        let counts = vec![0; column.as_ref().map_or(0, |c| c.num_terms())];
-        Self { column, counts }
-    }
-
-    fn collect(&mut self, doc: DocId) {
-        if let Some(column) = &self.column {
-            for ord in column.term_ords(doc) {
-                if let Some(n) = self.counts.get_mut(ord as usize) {
-                    *n += 1;
-                }
-            }
-        }
-    }
-
-    /// Calls `add(term, count)` for every term seen at least once.
-    fn resolve(&self, mut add: impl FnMut(&str, u64)) -> std::io::Result<()> {
-        let Some(column) = &self.column else { return Ok(()) };
-        let mut term = String::new();
-        for (ord, &n) in self.counts.iter().enumerate().filter(|(_, &n)| n > 0) {
-            if column.ord_to_str(ord as u64, &mut term)? {
-                add(&term, n);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The facet counts of one segment; category and brand terms are resolved when merging.
-struct FacetSegment {
-    categories: OrdCounts,
-    brands: OrdCounts,
-    price: Column<i64>,
-    rating: Column<i64>,
-    prices: Vec<u64>,
-    /// Docs rated at least 4, 3, 2 and 1 stars, in that order.
-    ratings: [u64; 4],
-}
-
-/// Collects `Facets` over every matching document, exactly, from fast fields.
-struct FacetCollector;
-
-impl Collector for FacetCollector {
-    type Fruit = Facets;
-    type Child = FacetSegment;
-
-    fn for_segment(&self, _ord: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<FacetSegment> {
-        let fast = reader.fast_fields();
-        Ok(FacetSegment {
-            categories: OrdCounts::new(fast.str(F_CATEGORY_IDS)?),
-            brands: OrdCounts::new(fast.str(F_BRAND_FACET)?),
-            price: fast.i64(F_PRICE_MIN)?,
-            rating: fast.i64(F_RATING)?,
-            prices: vec![0; PRICE_BUCKETS.len()],
-            ratings: [0; 4],
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, segments: Vec<FacetSegment>) -> tantivy::Result<Facets> {
-        let mut categories: HashMap<String, u64> = HashMap::new();
-        // Brands are grouped case-insensitively (as the brand filter is); the most common
-        // spelling is displayed.
-        let mut brands: HashMap<String, HashMap<String, u64>> = HashMap::new();
-        let mut prices = vec![0u64; PRICE_BUCKETS.len()];
-        let mut ratings = [0u64; 4];
-        for segment in segments {
-            segment
-                .categories
-                .resolve(|id, n| *categories.entry(id.to_owned()).or_default() += n)?;
-            segment.brands.resolve(|name, n| {
-                let spellings = brands.entry(name.to_lowercase()).or_default();
-                *spellings.entry(name.to_owned()).or_default() += n;
-            })?;
-            prices.iter_mut().zip(&segment.prices).for_each(|(a, b)| *a += b);
-            ratings.iter_mut().zip(&segment.ratings).for_each(|(a, b)| *a += b);
-        }
-        let mut categories: Vec<(String, u64)> = categories.into_iter().collect();
-        categories.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let mut brands: Vec<(String, u64)> = brands
-            .into_values()
-            .filter_map(|spellings| {
-                let total = spellings.values().sum();
-                let most_common = spellings
-                    .into_iter()
-                    .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)));
-                Some((most_common?.0, total))
-            })
-            .collect();
-        brands.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(Facets {
-            categories,
-            brands,
-            prices: PRICE_BUCKETS
-                .iter()
-                .zip(prices)
-                .map(|(&(from, to), count)| PriceBucket { from, to, count })
-                .collect(),
-            ratings: [4, 3, 2, 1].into_iter().zip(ratings).collect(),
-        })
-    }
-}
-
-impl SegmentCollector for FacetSegment {
-    type Fruit = FacetSegment;
-
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        self.categories.collect(doc);
-        self.brands.collect(doc);
-        if let Some(price) = self.price.first(doc) {
-            let bucket = PRICE_BUCKETS
-                .iter()
-                .position(|&(from, to)| price >= from && to.is_none_or(|to| price < to));
-            if let Some(i) = bucket {
-                self.prices[i] += 1;
-            }
-        }
-        let rating = self.rating.first(doc).unwrap_or(0);
-        for (count, threshold) in self.ratings.iter_mut().zip([400, 300, 200, 100]) {
-            if rating >= threshold {
-                *count += 1;
-            }
-        }
-    }
-
-    fn harvest(self) -> FacetSegment {
-        self
-    }
+    Box::new(DisjunctionMaxQuery::with_tie_breaker(per_field, FIELD_TIE_BREAKER))
 }
 
 /// The product search index. Cheap to share behind an `Arc`: searches never take the writer lock.
@@ -553,6 +357,10 @@ pub struct SearchIndex {
     writer: Mutex<Option<IndexWriter>>,
     fields: Fields,
     seq: AtomicI64,
+    /// Filter, facet and sort values of the searched segments.
+    tables: engine::Tables,
+    /// The matches of recently searched words in the current index generation.
+    words: engine::WordCache,
 }
 
 impl SearchIndex {
@@ -626,6 +434,8 @@ impl SearchIndex {
             writer: Mutex::new(Some(writer)),
             fields,
             seq: AtomicI64::new(seq),
+            tables: engine::Tables::new(vec![fields.name, fields.brand, fields.category, fields.sku]),
+            words: engine::WordCache::default(),
         })
     }
 
@@ -645,7 +455,15 @@ impl SearchIndex {
         prepared.set_payload(&payload);
         prepared.commit()?;
         self.seq.store(seq, Ordering::SeqCst);
+        self.reload()
+    }
+
+    /// Makes the last commit visible to searches, dropping the word matches of the generation
+    /// before, and reads the new segments' tables now rather than in the next search.
+    fn reload(&self) -> anyhow::Result<()> {
         self.reader.reload()?;
+        self.words.clear();
+        self.tables.of(&self.reader.searcher())?;
         Ok(())
     }
 
@@ -718,13 +536,17 @@ impl SearchIndex {
             return Ok(());
         }
         writer.merge(&segments).wait()?;
-        self.reader.reload()?;
-        Ok(())
+        self.reload()
     }
 
     /// The number of segments searches go through.
     pub fn segments(&self) -> usize {
         self.reader.searcher().segment_readers().len()
+    }
+
+    /// Diagnostics: (word cache entries, word cache bytes).
+    pub fn cache_sizes(&self) -> (u64, u64) {
+        self.words.size()
     }
 
     /// The number of searchable documents.
@@ -765,161 +587,93 @@ impl SearchIndex {
         doc
     }
 
-    /// The text part of a search: every word must match in some field, or the whole text must
-    /// equal a SKU. `None` when the text has no words.
-    fn text_query(&self, text: &str) -> tantivy::Result<Option<Box<dyn Query>>> {
+    /// The fields a query word is looked for in, with their boosts.
+    fn text_fields(&self) -> [(Field, Score); 5] {
         let f = &self.fields;
-        let fields = [
+        [
             (f.name, 4.0),
             (f.brand, 3.0),
             (f.category, 2.0),
             (f.description, DESCRIPTION_BOOST),
             (f.sku, 2.0),
-        ];
+        ]
+    }
+
+    /// Per segment, the documents the text matches with their scores: those matching every word
+    /// in some field, and those whose SKU equals the whole text. `None` when the text has no words.
+    fn text_matches(
+        &self,
+        searcher: &Searcher,
+        tables: &[Arc<engine::SegmentTable>],
+        text: &str,
+    ) -> tantivy::Result<Option<Vec<engine::Matches>>> {
         let words = query_words(text);
         let Some(last) = words.len().checked_sub(1) else {
             return Ok(None);
         };
-        let clauses = words
-            .iter()
-            .enumerate()
-            .map(|(i, (word, cut))| Ok((Occur::Must, word_query(&fields, word, *cut, i == last)?)))
-            .collect::<tantivy::Result<_>>()?;
-        let all_words: Box<dyn Query> = Box::new(BooleanQuery::new(clauses));
+        let generation = searcher.generation().generation_id();
+        let fields = self.text_fields();
+        let mut matches = Vec::with_capacity(words.len());
+        for (i, (word, cut)) in words.iter().enumerate() {
+            let key = (generation, word.clone(), *cut, i == last);
+            matches.push(self.words.get_or_compute(key, || {
+                let query = word_query(tables, &fields, word, *cut, i == last);
+                engine::WordMatches::compute(searcher, query.as_ref())
+            })?);
+        }
         let sku = text.trim().to_lowercase();
-        if sku.is_empty() || sku.len() > MAX_INDEXED_TOKEN_BYTES || sku.contains(char::is_whitespace) {
-            return Ok(Some(all_words));
-        }
-        let sku_query = TermQuery::new(Term::from_field_text(f.sku_key, &sku), IndexRecordOption::Basic);
-        Ok(Some(Box::new(BooleanQuery::union(vec![
-            all_words,
-            boosted(Box::new(sku_query), SKU_EXACT_BOOST),
-        ]))))
-    }
-
-    fn filter_clauses(&self, filters: &Filters) -> Vec<(Occur, Box<dyn Query>)> {
-        let f = &self.fields;
-        let mut clauses = Vec::new();
-        if let Some(category) = &filters.category_id {
-            let term = Term::from_field_text(f.category_ids, category);
-            clauses.push(filter(Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
-        }
-        let brands: Vec<Term> = filters
-            .brands
-            .iter()
-            .map(|b| b.trim().to_lowercase())
-            .filter(|b| !b.is_empty())
-            .map(|b| Term::from_field_text(f.brand_key, &b))
-            .collect();
-        if !brands.is_empty() {
-            clauses.push(filter(Box::new(TermSetQuery::new(brands))));
-        }
-        if filters.price_min.is_some() || filters.price_max.is_some() {
-            let bound = |v: Option<i64>| {
-                v.map_or(Bound::Unbounded, |v| {
-                    Bound::Included(Term::from_field_i64(f.price_min, v))
-                })
-            };
-            let range = RangeQuery::new(bound(filters.price_min), bound(filters.price_max));
-            clauses.push(filter(Box::new(range)));
-        }
-        if let Some(min) = filters.min_rating_x100 {
-            let lower = Bound::Included(Term::from_field_i64(f.rating, min));
-            clauses.push(filter(Box::new(RangeQuery::new(lower, Bound::Unbounded))));
-        }
-        if let Some(in_stock) = filters.in_stock {
-            let term = Term::from_field_bool(f.in_stock, in_stock);
-            clauses.push(filter(Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
-        }
-        clauses
+        let sku = if sku.is_empty() || sku.len() > MAX_INDEXED_TOKEN_BYTES || sku.contains(char::is_whitespace) {
+            None
+        } else {
+            let term = TermQuery::new(
+                Term::from_field_text(self.fields.sku_key, &sku),
+                IndexRecordOption::Basic,
+            );
+            Some(engine::WordMatches::compute(
+                searcher,
+                &BoostQuery::new(Box::new(term), SKU_EXACT_BOOST),
+            )?)
+        };
+        Ok(Some(engine::combine(
+            searcher.segment_readers().len(),
+            &matches,
+            sku.as_ref(),
+        )))
     }
 
     /// Runs a search. Never takes the writer lock.
     pub fn search(&self, query: &SearchQuery) -> anyhow::Result<SearchResult> {
         let searcher = self.reader.searcher();
-        let text = self.text_query(&query.text)?;
-        let has_text = text.is_some();
-        let mut clauses = self.filter_clauses(&query.filters);
-        if let Some(text) = text {
-            clauses.push((Occur::Must, text));
-        }
-        let tantivy_query: Box<dyn Query> = match clauses.len() {
-            0 => Box::new(AllQuery),
-            1 if has_text => clauses.remove(0).1,
-            _ => Box::new(BooleanQuery::new(clauses)),
-        };
-        let q = tantivy_query.as_ref();
-
-        // The top-n collector allocates for offset + limit, so a window past the last document is
-        // skipped instead of collected; that also bounds the allocation by the index size.
-        let in_range = query.limit > 0 && (query.offset as u64) < searcher.num_docs();
-        let window =
-            || in_range.then(|| TopDocs::for_doc_range(query.offset..query.offset.saturating_add(query.limit)));
-        let facets = query.with_facets.then_some(FacetCollector);
-        let (total, top, facets) = match query.sort {
-            Sort::Relevance if has_text => {
-                let top = window().map(TopDocs::order_by_score);
-                let (n, top, fc) = searcher.search(q, &(Count, top, facets))?;
-                (n, top.unwrap_or_default(), fc)
-            }
-            Sort::Rating => {
-                // Equal ratings put the more reviewed product first.
-                let key = (
-                    (SortByStaticFastValue::<i64>::for_field(F_RATING), Order::Desc),
-                    (SortByStaticFastValue::<i64>::for_field(F_RATING_COUNT), Order::Desc),
-                );
-                let top = window().map(|w| w.order_by(key));
-                let (n, top, fc) = searcher.search(q, &(Count, top, facets))?;
-                (n, unscored(top), fc)
-            }
-            sort => {
-                let (field, order) = match sort {
-                    Sort::PriceAsc => (F_PRICE_MIN, Order::Asc),
-                    Sort::PriceDesc => (F_PRICE_MIN, Order::Desc),
-                    // Newest, and Relevance without text.
-                    _ => (F_CREATED_AT, Order::Desc),
-                };
-                let top = window().map(|w| w.order_by_fast_field::<i64>(field, order));
-                let (n, top, fc) = searcher.search(q, &(Count, top, facets))?;
-                (n, unscored(top), fc)
-            }
-        };
-        // Opening a segment's id column reads its dictionary: once per segment, not per hit.
-        let mut columns: std::collections::HashMap<u32, StrColumn> = std::collections::HashMap::new();
-        let hits = top
+        let tables = self.tables.of(&searcher)?;
+        let text = self.text_matches(&searcher, &tables, &query.text)?;
+        let outcome = engine::execute(
+            &searcher,
+            &tables,
+            engine::Plan {
+                filters: &query.filters,
+                text,
+                sort: query.sort,
+                offset: query.offset,
+                limit: query.limit,
+                with_facets: query.with_facets,
+            },
+        );
+        let hits = outcome
+            .window
             .into_iter()
             .map(|(score, address)| {
-                Ok(Hit {
-                    id: self.id_of(&searcher, &mut columns, address)?,
-                    score,
-                })
+                let id = match tables[address.segment_ord as usize].id(address.doc_id) {
+                    Some(id) => id.to_owned(),
+                    None => self.stored_text(&searcher, address, self.fields.id)?,
+                };
+                Ok(Hit { id, score })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(SearchResult { total, hits, facets })
-    }
-
-    /// A hit's product id, from the id's fast column (reading the stored document would
-    /// decompress a whole block of the document store per hit).
-    fn id_of(
-        &self,
-        searcher: &tantivy::Searcher,
-        columns: &mut std::collections::HashMap<u32, StrColumn>,
-        address: DocAddress,
-    ) -> anyhow::Result<String> {
-        let column = match columns.entry(address.segment_ord) {
-            std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                let segment = searcher.segment_reader(address.segment_ord);
-                slot.insert(segment.fast_fields().str("id")?.context("the id column is missing")?)
-            }
-        };
-        let mut id = String::new();
-        if let Some(ord) = column.term_ords(address.doc_id).next() {
-            if column.ord_to_str(ord, &mut id)? {
-                return Ok(id);
-            }
-        }
-        self.stored_text(searcher, address, self.fields.id)
+        Ok(SearchResult {
+            total: outcome.total,
+            hits,
+            facets: outcome.facets,
+        })
     }
 
     fn stored_text(&self, searcher: &tantivy::Searcher, address: DocAddress, field: Field) -> anyhow::Result<String> {
@@ -945,6 +699,8 @@ impl SearchIndex {
         }
         let name = [(self.fields.name, 4.0)];
         let last = words.len() - 1;
+        let searcher = self.reader.searcher();
+        let tables = self.tables.of(&searcher)?;
         let clauses = words
             .iter()
             .enumerate()
@@ -956,13 +712,12 @@ impl SearchIndex {
                     let starts = boosted(Box::new(FuzzyTermQuery::new_prefix(term, 0, true)), PREFIX_FACTOR);
                     Box::new(BooleanQuery::union(vec![Box::new(exact), starts])) as Box<dyn Query>
                 } else {
-                    word_query(&name, word, *cut, false)?
+                    word_query(&tables, &name, word, *cut, false)
                 };
-                Ok((Occur::Must, q))
+                (Occur::Must, q)
             })
-            .collect::<tantivy::Result<_>>()?;
+            .collect();
         let query = BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
         // Ties on the text score go to the most reviewed product; several products can share a
         // name, so more are fetched than returned.
         let collector = TopDocs::with_limit(limit * 4).tweak_score(|segment: &SegmentReader| {
@@ -984,14 +739,6 @@ impl SearchIndex {
     }
 }
 
-/// Drops the fast-field sort keys of a top-n result; such hits carry a score of 0.
-fn unscored<K>(top: Option<Vec<(K, DocAddress)>>) -> Vec<(Score, DocAddress)> {
-    top.unwrap_or_default()
-        .into_iter()
-        .map(|(_, address)| (0.0, address))
-        .collect()
-}
-
 /// Deletes everything inside `dir` (but not `dir` itself).
 fn wipe_dir(dir: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
@@ -1008,6 +755,7 @@ fn wipe_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn doc(id: &str, name: &str) -> SearchDoc {
         SearchDoc {
@@ -1433,6 +1181,164 @@ mod tests {
             .iter()
             .any(|(b, _)| b == "Acme Audio" || b == "ACME AUDIO"));
         assert!(index.search(&SearchQuery::default()).unwrap().facets.is_none());
+    }
+
+    /// A word's query as it was built before the vocabularies: typos by tantivy's Levenshtein
+    /// automaton over each field's whole term dictionary.
+    fn fuzzy_word_query(fields: &[(Field, Score)], word: &str, cut: bool, prefix: bool) -> Box<dyn Query> {
+        let distance = typo_distance(word);
+        let prefix = cut || (prefix && word.chars().count() >= MIN_PREFIX_CHARS);
+        let mut per_field: Vec<Box<dyn Query>> = Vec::new();
+        for &(field, boost) in fields {
+            let term = Term::from_field_text(field, word);
+            let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
+            if !cut {
+                alternatives.push(Box::new(ConstScoreQuery::new(
+                    Box::new(TermQuery::new(term.clone(), IndexRecordOption::Basic)),
+                    boost * EXACT_WEIGHT,
+                )));
+                let exact = TermQuery::new(term.clone(), IndexRecordOption::WithFreqs);
+                alternatives.push(boosted(Box::new(exact), boost * BM25_WEIGHT));
+            }
+            if distance > 0 && !cut && boost > DESCRIPTION_BOOST {
+                let fuzzy = FuzzyTermQuery::new(term.clone(), distance, true);
+                alternatives.push(boosted(Box::new(fuzzy), boost * EXACT_WEIGHT * FUZZY_FACTOR));
+            }
+            if prefix {
+                let starts = FuzzyTermQuery::new_prefix(term, 0, true);
+                alternatives.push(boosted(Box::new(starts), boost * EXACT_WEIGHT * PREFIX_FACTOR));
+            }
+            per_field.push(Box::new(BooleanQuery::union(alternatives)));
+        }
+        Box::new(DisjunctionMaxQuery::with_tie_breaker(per_field, FIELD_TIE_BREAKER))
+    }
+
+    /// The text matches and scores tantivy's own boolean query gives: every word required, the
+    /// SKU as an alternative.
+    fn tantivy_reference(index: &SearchIndex, text: &str) -> Vec<(String, f32)> {
+        let words = query_words(text);
+        let last = words.len() - 1;
+        let fields = index.text_fields();
+        let clauses = words
+            .iter()
+            .enumerate()
+            .map(|(i, (word, cut))| (Occur::Must, fuzzy_word_query(&fields, word, *cut, i == last)))
+            .collect();
+        let mut query: Box<dyn Query> = Box::new(BooleanQuery::new(clauses));
+        let sku = text.trim().to_lowercase();
+        if !sku.contains(char::is_whitespace) {
+            let term = TermQuery::new(
+                Term::from_field_text(index.fields.sku_key, &sku),
+                IndexRecordOption::Basic,
+            );
+            query = Box::new(BooleanQuery::union(vec![
+                query,
+                boosted(Box::new(term), SKU_EXACT_BOOST),
+            ]));
+        }
+        let searcher = index.reader.searcher();
+        let top = searcher
+            .search(query.as_ref(), &TopDocs::with_limit(1_000).order_by_score())
+            .unwrap();
+        let mut found: Vec<(String, f32)> = top
+            .into_iter()
+            .map(|(score, address)| (index.stored_text(&searcher, address, index.fields.id).unwrap(), score))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    #[test]
+    fn matches_and_scores_are_tantivys_own() {
+        let (index, _) = catalog();
+        let mut skus = doc("sku", "Gadget Case");
+        skus.skus = vec!["GAD-7".into()];
+        index.apply(&[skus], &["p07".to_owned(), "p31".to_owned()], 10).unwrap();
+        assert!(
+            index.segments() > 1,
+            "deletes and several segments are part of the check"
+        );
+        for text in [
+            "gadget",
+            "gadgte",
+            "product gad",
+            "durable wireless",
+            "prodcut gadget",
+            "acme",
+            "acme audio gadget",
+            "electronics headphones",
+            "home kitchen product",
+            "gad-7",
+            "gad",
+            "nothing matches this",
+        ] {
+            let mut ours: Vec<(String, f32)> = index
+                .search(&SearchQuery {
+                    limit: 1_000,
+                    ..text_query_of(text)
+                })
+                .unwrap()
+                .hits
+                .into_iter()
+                .map(|h| (h.id, h.score))
+                .collect();
+            ours.sort_by(|a, b| a.0.cmp(&b.0));
+            let reference = tantivy_reference(&index, text);
+            assert_eq!(reference.is_empty(), text == "nothing matches this", "{text}");
+            assert_eq!(ours.len(), reference.len(), "{text}: {ours:?} vs {reference:?}");
+            for ((id, score), (ref_id, ref_score)) in ours.iter().zip(&reference) {
+                assert_eq!(id, ref_id, "{text}");
+                assert!(
+                    (score - ref_score).abs() < 1e-4,
+                    "{text}: {id} scored {score}, tantivy {ref_score}"
+                );
+            }
+        }
+        // Searching again (the words now come from the cache) answers the same.
+        let first = index.search(&text_query_of("prodcut gadget")).unwrap();
+        assert_eq!(index.search(&text_query_of("prodcut gadget")).unwrap(), first);
+    }
+
+    fn text_query_of(text: &str) -> SearchQuery {
+        SearchQuery {
+            text: text.to_string(),
+            limit: 100,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_deep_category_path_filters_and_counts_every_level() {
+        let mut deep = doc("deep", "Deep Gadget");
+        deep.category_ids = (0..9).map(|level| format!("c{level}")).collect();
+        let mut shallow = doc("shallow", "Shallow Gadget");
+        shallow.category_ids = vec!["c0".into(), "c1".into()];
+        let index = index_with(&[deep, shallow]);
+        for (level, expected) in [
+            (0, vec!["deep", "shallow"]),
+            (1, vec!["deep", "shallow"]),
+            (8, vec!["deep"]),
+        ] {
+            let query = SearchQuery {
+                filters: filters(|f| f.category_id = Some(format!("c{level}"))),
+                sort: Sort::PriceAsc,
+                ..text("gadget")
+            };
+            let mut found = ids(&index, &query);
+            found.sort();
+            assert_eq!(found, expected, "level {level}");
+        }
+        let facets = index
+            .search(&SearchQuery {
+                with_facets: true,
+                ..text("gadget")
+            })
+            .unwrap()
+            .facets
+            .unwrap();
+        let count = |id: &str| facets.categories.iter().find(|c| c.0 == id).map(|c| c.1);
+        assert_eq!((count("c0"), count("c7"), count("c8")), (Some(2), Some(1), Some(1)));
+        assert_eq!(facets.categories.len(), 9);
     }
 
     #[test]

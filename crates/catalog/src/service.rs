@@ -41,6 +41,9 @@ pub struct Catalog {
     cache: Arc<dyn Cache>,
     indexer: Arc<Indexer>,
     settings: Settings,
+    /// Every category, with the read cache's generation it was read at: any category change
+    /// moves that generation (on every replica, in the distributed mode).
+    categories: std::sync::Mutex<Option<(u64, Arc<Vec<CategoryRow>>)>>,
 }
 
 /// A partial product edit: absent fields keep their value; `variants`, when present, replaces
@@ -121,6 +124,7 @@ impl Catalog {
             cache,
             indexer,
             settings,
+            categories: std::sync::Mutex::new(None),
         }
     }
 
@@ -168,8 +172,24 @@ impl Catalog {
 
     // ----- categories -------------------------------------------------------------------------
 
+    /// Every category, from memory unless the read cache's generation moved since they were read
+    /// (searches name the categories of their facets on every request).
+    pub async fn all_categories(&self) -> Result<Arc<Vec<CategoryRow>>, ApiError> {
+        let generation = self.cache.generation().await;
+        let lock = || self.categories.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((seen, categories)) = lock().as_ref() {
+            if *seen == generation {
+                return Ok(Arc::clone(categories));
+            }
+        }
+        // Read after the generation: a change committed meanwhile moves it past `generation`.
+        let categories = Arc::new(store::all_categories(self.db.reader()).await?);
+        *lock() = Some((generation, Arc::clone(&categories)));
+        Ok(categories)
+    }
+
     pub async fn category_tree(&self) -> Result<Vec<CategoryNode>, ApiError> {
-        Ok(views::tree(&store::all_categories(self.db.reader()).await?))
+        Ok(views::tree(&self.all_categories().await?))
     }
 
     /// The category and its ancestors, root first.
@@ -793,7 +813,7 @@ impl Catalog {
             .await
             .map_err(anyhow::Error::from)??;
         let ids: Vec<String> = result.hits.iter().map(|h| h.id.clone()).collect();
-        let rows = store::products_by_ids(self.db.reader(), &ids).await?;
+        let rows = self.indexer.rows().get(self.db.reader(), &ids).await?;
         let currency = &self.settings.currency;
         // The index may briefly hold a product the database has just hidden: skip it.
         let items = ids

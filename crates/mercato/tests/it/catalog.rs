@@ -877,6 +877,49 @@ async fn cached_reads_follow_writes_and_the_hit_rate_is_measured() {
     assert!(metrics.contains("mercato_cache_hit_ratio{cache=\"product\"}"));
 }
 
+/// Search answers show products and categories as they are now, although the rows behind the
+/// hits and the category names are kept in memory between searches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_shows_renamed_products_and_categories() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let c = category(&app, &admin, "Clocks", None).await;
+    let id = create(&app, &admin, product("Cuckoo Clock", "Tick", &c, 9_000, "CUCKOO-1")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.app.catalog.indexer().catch_up().await.expect("index caught up");
+    let search = |query: &'static str| {
+        let app = &app;
+        async move { app.get(&format!("/api/v1/search?{query}"), None).await.expect(200).body }
+    };
+    let found = search("q=cuckoo").await;
+    assert_eq!(names(&found["items"]), ["Cuckoo Clock"]);
+    assert_eq!(found["facets"]["categories"][0]["name"], "Clocks");
+
+    app.patch(
+        &format!("/api/v1/products/{id}"),
+        Some(&admin),
+        json!({"version": 1, "name": "Cuckoo Clock Deluxe"}),
+    )
+    .await
+    .expect(200);
+    app.patch(
+        &format!("/api/v1/admin/categories/{}", c["id"].as_str().unwrap()),
+        Some(&admin),
+        json!({"version": 1, "name": "Wall Clocks"}),
+    )
+    .await
+    .expect(200);
+    let renamed = platform::testing::eventually(Duration::from_secs(10), || async {
+        let found = search("q=cuckoo&limit=5").await;
+        (names(&found["items"]) == ["Cuckoo Clock Deluxe"]).then_some(found)
+    })
+    .await
+    .expect("the renamed product is found under its new name");
+    assert_eq!(renamed["facets"]["categories"][0]["name"], "Wall Clocks");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_survives_a_restart() {
     let app = TestApp::spawn().await;
@@ -914,7 +957,7 @@ async fn the_index_catches_up_after_a_crash_between_commit_and_index_update() {
     let crashed = catalog::Catalog::new(
         db.clone(),
         std::sync::Arc::new(platform::clock::SystemClock),
-        std::sync::Arc::new(catalog::cache::MemoryCache::new(Duration::from_secs(1), 10)),
+        std::sync::Arc::new(catalog::cache::MemoryCache::new(Duration::from_secs(1), 1 << 20)),
         std::sync::Arc::new(catalog::search::SearchIndex::in_memory().unwrap()),
         catalog::Settings {
             currency: "USD".to_owned(),
