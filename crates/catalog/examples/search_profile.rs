@@ -1,6 +1,7 @@
 //! Where a search spends its time, without HTTP: seeds N products into a temporary SQLite
 //! catalog, builds the index, then runs the benchmark's query mix through `SearchIndex::search`
-//! with and without facets and prints the mean time per query.
+//! with and without facets and prints the time of the first search of each query (its words
+//! not yet seen since the index changed) and the mean time of the repeats.
 //!
 //!   cargo run --release -p catalog --example search_profile -- [products] [rounds]
 
@@ -44,11 +45,45 @@ async fn main() -> anyhow::Result<()> {
     let indexer = Indexer::new(
         db.clone(),
         index.clone(),
-        Arc::new(MemoryCache::new(std::time::Duration::from_secs(60), 10)),
+        Arc::new(MemoryCache::new(std::time::Duration::from_secs(60), 1 << 20)),
     );
     let started = Instant::now();
     indexer.catch_up().await?;
     eprintln!("indexed {} docs in {:?}", index.num_docs(), started.elapsed());
+
+    // Optionally, a file of queries (one text per line) run once each with facets: how the
+    // process's memory grows with searches it has not seen (new words, new typos).
+    if let Some(file) = args.next() {
+        let texts = std::fs::read_to_string(file)?;
+        let rss = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_owned))
+                .unwrap_or_default()
+        };
+        eprintln!("before the query file: {}", rss());
+        let started = Instant::now();
+        let mut n = 0u32;
+        for text in texts.lines() {
+            index.search(&SearchQuery {
+                text: text.to_owned(),
+                limit: 20,
+                with_facets: true,
+                ..SearchQuery::default()
+            })?;
+            n += 1;
+            if n.is_multiple_of(5_000) {
+                eprintln!("after {n} queries: {}", rss());
+            }
+        }
+        eprintln!(
+            "{n} queries in {:?} ({:?} each); {}",
+            started.elapsed(),
+            started.elapsed() / n.max(1),
+            rss()
+        );
+        eprintln!("word cache (entries, bytes): {:?}", index.cache_sizes());
+    }
 
     for with_facets in [false, true] {
         let mut totals = Vec::new();
@@ -59,7 +94,9 @@ async fn main() -> anyhow::Result<()> {
                 with_facets,
                 ..SearchQuery::default()
             };
+            let started = Instant::now();
             let first = index.search(&query)?;
+            let cold = started.elapsed();
             let started = Instant::now();
             for _ in 0..rounds {
                 index.search(&query)?;
@@ -67,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             let per_query = started.elapsed() / rounds as u32;
             totals.push(per_query);
             println!(
-                "facets={with_facets:<5} {text:<24} matches={:<6} {per_query:?}",
+                "facets={with_facets:<5} {text:<24} matches={:<6} first {cold:?}, then {per_query:?}",
                 first.total
             );
         }
