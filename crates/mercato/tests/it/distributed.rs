@@ -202,6 +202,12 @@ impl Stack {
         self.call(&self.url, Method::GET, path, token, None).await
     }
 
+    /// A token of the admin the stack was started with.
+    pub(crate) async fn admin_token(&self) -> String {
+        let body = json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD});
+        token_of(&self.post("/api/v1/auth/login", None, body).await.expect(200).body)
+    }
+
     pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.call(&self.url, Method::POST, path, token, Some(body)).await
     }
@@ -246,17 +252,7 @@ async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_pr
     let Some(stack) = Stack::start() else {
         return;
     };
-    let admin = token_of(
-        &stack
-            .post(
-                "/api/v1/auth/login",
-                None,
-                json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
-            )
-            .await
-            .expect(200)
-            .body,
-    );
+    let admin = stack.admin_token().await;
 
     // The catalog (admin) → inventory learns the SKU from product.created over NATS.
     let category = stack
