@@ -84,7 +84,7 @@ pub struct ListQuery {
 }
 
 /// A SKU as other services see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SkuDetails {
     pub sku: String,
     pub product_id: String,
@@ -97,6 +97,11 @@ pub struct SkuDetails {
     pub currency: String,
     /// The product is active and not deleted.
     pub on_sale: bool,
+}
+
+/// The read cache's key of a SKU's details (in the part any product change clears).
+fn sku_key(sku: &str) -> String {
+    format!("sku:{sku}")
 }
 
 /// A foreign key that no longer holds: the category went away during the request.
@@ -760,7 +765,33 @@ impl Catalog {
 
     /// What other services need of some SKUs (the cart's snapshot): product name, slug, first
     /// image, price, and whether the product is on sale. Unknown SKUs are left out.
+    /// The known SKUs among `skus`, from the read cache where it has them: every cart add and
+    /// checkout asks, and any product change clears them (with the lists and searches).
     pub async fn sku_details(&self, skus: &[String]) -> Result<Vec<SkuDetails>, ApiError> {
+        let mut found = Vec::with_capacity(skus.len());
+        let mut missing = Vec::new();
+        for sku in skus {
+            let cached = self.cache.get(&sku_key(sku)).await;
+            match cached.and_then(|bytes| serde_json::from_slice::<SkuDetails>(&bytes).ok()) {
+                Some(details) => found.push(details),
+                None => missing.push(sku.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        // Read after the generation: a change committed meanwhile moves it past `generation`.
+        let generation = self.cache.generation().await;
+        for details in self.read_sku_details(&missing).await? {
+            if let Ok(bytes) = serde_json::to_vec(&details) {
+                self.cache.insert(sku_key(&details.sku), bytes.into(), generation).await;
+            }
+            found.push(details);
+        }
+        Ok(found)
+    }
+
+    async fn read_sku_details(&self, skus: &[String]) -> Result<Vec<SkuDetails>, ApiError> {
         let rows = store::sku_details(self.db.reader(), skus).await?;
         Ok(rows
             .into_iter()

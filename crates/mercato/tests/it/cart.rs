@@ -360,6 +360,12 @@ async fn warnings_follow_price_stock_and_product_changes() {
         .await
         .expect(200)
         .body;
+    // A line added now takes the new price at once (the SKU's cached details went with the change).
+    let guest = call(&app, Method::POST, "/api/v1/cart/items", None, None, add("W-1", 1))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(guest["lines"][0]["unit_price"], 1_200, "{guest}");
     let repriced = platform::testing::eventually(Duration::from_secs(10), || async {
         let body = cart().await;
         (body["lines"][0]["unit_price"] == 1_200).then_some(body)
@@ -388,6 +394,16 @@ async fn warnings_follow_price_stock_and_product_changes() {
     })
     .await
     .expect("the cart hears of the deletion");
+    call(
+        &app,
+        Method::POST,
+        "/api/v1/cart/items",
+        Some(&user),
+        None,
+        add("W-1", 1),
+    )
+    .await
+    .expect_problem(422);
     assert_eq!(gone["subtotal"], 2 * 300);
     assert_eq!(gone["item_count"], 2);
 }
