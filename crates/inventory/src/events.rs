@@ -63,6 +63,10 @@ impl EventHandler for ProductSkus {
             .await?;
         Ok(())
     }
+
+    async fn committed(&self, _event: &Event) {
+        self.inventory.levels_changed();
+    }
 }
 
 /// order.paid and order.confirmed (cash on delivery) → commit the order's reservation;

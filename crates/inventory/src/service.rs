@@ -2,6 +2,7 @@
 //! (reserve every line or none, commit, release, expire), restocks, and the invariant check.
 //! Each runs in one transaction with its ledger entries and its outbox events.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use platform::clock::SharedClock;
@@ -199,6 +200,37 @@ pub struct Inventory {
     outbox: Outbox,
     clock: SharedClock,
     settings: Settings,
+    levels: KeptLevels,
+}
+
+/// Stock levels kept in memory for [`Inventory::kept_stocks`]: every transaction of this
+/// service that may move a level drops them all once it has committed, and a read that raced
+/// such a commit keeps nothing (the generation moved). Writes of another process do not reach
+/// them, hence the short time to live and the rule that only callers in this process (the
+/// all-in-one cart) use them.
+struct KeptLevels {
+    views: moka::sync::Cache<String, StockView>,
+    generation: AtomicU64,
+}
+
+/// How long a kept level may be served without a write of this process dropping it.
+const KEPT_LEVELS_TTL: Duration = Duration::from_secs(1);
+
+impl KeptLevels {
+    fn new() -> Self {
+        Self {
+            views: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(KEPT_LEVELS_TTL)
+                .build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.views.invalidate_all();
+    }
 }
 
 impl Inventory {
@@ -208,7 +240,21 @@ impl Inventory {
             db,
             clock,
             settings,
+            levels: KeptLevels::new(),
         }
+    }
+
+    /// Commits a transaction that may have moved levels, then drops the kept ones.
+    async fn commit_tx(&self, tx: Tx) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.levels.forget();
+        Ok(())
+    }
+
+    /// Drops the kept levels: a transaction this service did not commit itself (an event
+    /// consumer's) changed stock rows.
+    pub fn levels_changed(&self) {
+        self.levels.forget();
     }
 
     pub fn db(&self) -> &Db {
@@ -287,6 +333,33 @@ impl Inventory {
             .into_iter()
             .map(StockView::from)
             .collect())
+    }
+
+    /// [`Inventory::stocks`] from the levels kept in memory where they are: what the cart reads
+    /// on every view and add. For callers in this process only (see `KeptLevels`).
+    pub async fn kept_stocks(&self, skus: &[String]) -> Result<Vec<StockView>, ApiError> {
+        let mut found = Vec::with_capacity(skus.len());
+        let mut missing = Vec::new();
+        for sku in skus {
+            match self.levels.views.get(sku) {
+                Some(view) => found.push(view),
+                None => missing.push(sku.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        // Read after the generation: a commit meanwhile moves it past `generation`.
+        let generation = self.levels.generation.load(Ordering::SeqCst);
+        let read = self.stocks(&missing).await?;
+        for view in &read {
+            self.levels.views.insert(view.sku.clone(), view.clone());
+        }
+        if self.levels.generation.load(Ordering::SeqCst) != generation {
+            self.levels.views.invalidate_all();
+        }
+        found.extend(read);
+        Ok(found)
     }
 
     /// Applies an admin's change. `version`, when given, must be the current one (else 409).
@@ -416,7 +489,7 @@ impl Inventory {
                 Self::emit(&mut tx, RESTOCKED, &sku, data, ctx).await?;
             }
             Self::signal(&mut tx, &sku, &before, &after, ctx).await?;
-            tx.commit().await?;
+            self.commit_tx(tx).await?;
             self.outbox.wake();
             return self.stock(&sku).await;
         }
@@ -566,7 +639,7 @@ impl Inventory {
             "expires_at": platform::clock::rfc3339(reservation.expires_at),
         });
         Self::emit(&mut tx, RESERVED, &order_id, data, ctx).await?;
-        tx.commit().await?;
+        self.commit_tx(tx).await?;
         self.outbox.wake();
         Ok(reservation)
     }
@@ -687,7 +760,7 @@ impl Inventory {
             now,
         };
         self.record_moves(&mut tx, moves, event, data, ctx).await?;
-        tx.commit().await?;
+        self.commit_tx(tx).await?;
         self.outbox.wake();
         Reservation::from_row(row, lines)
     }
@@ -764,7 +837,7 @@ impl Inventory {
                     let mut tx = self.db.begin().await?;
                     let data = json!({ "order_id": order_id, "reservation_id": row.id, "lines": lines });
                     Self::emit(&mut tx, UNFILLABLE, &order_id, data, ctx).await?;
-                    tx.commit().await?;
+                    self.commit_tx(tx).await?;
                     self.outbox.wake();
                     return Ok(None);
                 }
@@ -780,7 +853,7 @@ impl Inventory {
         };
         self.record_moves(&mut tx, moves, COMMITTED, json!({ "late": true }), ctx)
             .await?;
-        tx.commit().await?;
+        self.commit_tx(tx).await?;
         self.outbox.wake();
         Reservation::from_row(row, lines).map(Some)
     }
@@ -882,7 +955,7 @@ impl Inventory {
             };
             Self::signal(&mut tx, &line.sku, &before, &after, ctx).await?;
         }
-        tx.commit().await?;
+        self.commit_tx(tx).await?;
         self.outbox.wake();
         Ok(true)
     }
@@ -982,7 +1055,7 @@ impl Inventory {
                     stocked += 1;
                 }
             }
-            tx.commit().await?;
+            self.commit_tx(tx).await?;
         }
         Ok(stocked)
     }

@@ -45,7 +45,7 @@ pub struct InventoryStock(pub Arc<Inventory>);
 #[async_trait]
 impl cart::service::Stock for InventoryStock {
     async fn available(&self, skus: &[String]) -> anyhow::Result<std::collections::HashMap<String, i64>> {
-        let stocks = self.0.stocks(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        let stocks = self.0.kept_stocks(skus).await.map_err(|err| anyhow::anyhow!("{err}"))?;
         Ok(stocks.into_iter().map(|s| (s.sku.clone(), s.sellable())).collect())
     }
 }

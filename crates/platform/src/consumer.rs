@@ -32,6 +32,11 @@ pub trait EventHandler: Send + Sync {
     }
 
     async fn handle(&self, tx: &mut Tx, event: &Event) -> anyhow::Result<()>;
+
+    /// Runs once [`EventHandler::handle`]'s transaction has committed (not for an event
+    /// already processed): the place to drop what the service keeps in memory of the rows
+    /// it changed.
+    async fn committed(&self, _event: &Event) {}
 }
 
 /// A consumer group of one service: its name, the types it wants, and its handler.
@@ -76,6 +81,7 @@ impl IdempotentConsumer {
         }
         self.handler.handle(&mut tx, event).await?;
         tx.commit().await?;
+        self.handler.committed(event).await;
         Ok(true)
     }
 }

@@ -33,6 +33,7 @@ macro_rules! suite {
                 flash_sale_sells_exactly_the_stock,
                 flash_sale_of_bundles_sells_exactly_the_stock,
                 an_order_paid_after_its_reservation_expired_takes_free_units_or_is_unfillable,
+                kept_levels_follow_every_write,
             );
         }
     };
@@ -541,6 +542,55 @@ async fn product_events_register_and_discontinue_skus(f: Fixture) {
     tx.commit().await.unwrap();
     let err = f.inventory.reserve("o", &[line("M", 1)], None, CTX).await.unwrap_err();
     assert_eq!(shortages(err), vec![("M".to_owned(), 0)]);
+}
+
+/// The levels kept in memory for the cart, read first so they are kept, against the database.
+async fn kept_is_current(f: &Fixture, sku: &str) -> (i64, i64, bool) {
+    let skus = [sku.to_owned()];
+    let kept = f.inventory.kept_stocks(&skus).await.unwrap();
+    let read = f.inventory.stocks(&skus).await.unwrap();
+    assert_eq!(kept, read, "kept levels of {sku} are the database's");
+    (read[0].on_hand, read[0].reserved, read[0].discontinued)
+}
+
+async fn kept_levels_follow_every_write(f: Fixture) {
+    stock(&f, "A", 5).await;
+    assert_eq!(kept_is_current(&f, "A").await, (5, 0, false));
+    f.inventory.reserve("o1", &[line("A", 2)], None, CTX).await.unwrap();
+    assert_eq!(kept_is_current(&f, "A").await, (5, 2, false));
+    f.inventory.commit("o1", CTX).await.unwrap();
+    assert_eq!(kept_is_current(&f, "A").await, (3, 0, false));
+    let change = StockChange::Adjust {
+        delta: 7,
+        reason: "delivery".to_owned(),
+    };
+    f.inventory.change_stock("A", change, None, CTX).await.unwrap();
+    assert_eq!(kept_is_current(&f, "A").await, (10, 0, false));
+    f.inventory
+        .reserve("o2", &[line("A", 4)], Some(Duration::from_secs(60)), CTX)
+        .await
+        .unwrap();
+    assert_eq!(kept_is_current(&f, "A").await, (10, 4, false));
+    f.clock.advance(Duration::from_secs(61));
+    assert_eq!(f.inventory.release_expired().await.unwrap(), 1);
+    assert_eq!(kept_is_current(&f, "A").await, (10, 0, false));
+    // A product event, applied by the consumer in its own transaction, drops the SKU.
+    let consumer = platform::consumer::IdempotentConsumer::new(
+        "inventory-products",
+        f.db.clone(),
+        Arc::new(inventory::events::ProductSkus {
+            inventory: f.inventory.clone(),
+        }),
+    );
+    let event = platform::events::Event::new(
+        "catalog",
+        "product.updated",
+        "product-A",
+        serde_json::json!({"product_id": "product-A", "variants": [{"sku": "B"}]}),
+        None,
+    );
+    assert!(consumer.process(&event).await.unwrap());
+    assert_eq!(kept_is_current(&f, "A").await, (10, 0, true));
 }
 
 async fn restocks_happen_once_per_reference(f: Fixture) {
