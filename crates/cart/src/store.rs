@@ -161,15 +161,27 @@ impl SqlCartStore {
     }
 
     /// Starts a write on `cart`: the cart row exists, fresh, and lines of an expired cart are gone.
+    /// A live cart (the usual case) takes one statement; a missing or expired one three.
     async fn touch(&self, tx: &mut platform::store::Tx, cart: &str, now: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "DELETE FROM cart_lines WHERE cart_key = $1
-             AND EXISTS (SELECT 1 FROM carts WHERE cart_key = $1 AND expires_at <= $2)",
+        let expires_at = now.saturating_add(self.ttl_ms);
+        let live = sqlx::query(
+            "UPDATE carts SET updated_at = $2, expires_at = $3, reported_at = NULL
+             WHERE cart_key = $1 AND expires_at > $2",
         )
         .bind(cart)
         .bind(now)
+        .bind(expires_at)
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if live {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM cart_lines WHERE cart_key = $1")
+            .bind(cart)
+            .execute(&mut **tx)
+            .await?;
         sqlx::query(
             "INSERT INTO carts (cart_key, updated_at, expires_at, reported_at) VALUES ($1, $2, $3, NULL)
              ON CONFLICT (cart_key) DO UPDATE SET updated_at = excluded.updated_at,
@@ -177,7 +189,7 @@ impl SqlCartStore {
         )
         .bind(cart)
         .bind(now)
-        .bind(now.saturating_add(self.ttl_ms))
+        .bind(expires_at)
         .execute(&mut **tx)
         .await?;
         Ok(())
