@@ -282,8 +282,15 @@ async fn checkouts_survive_killed_processes_and_restarted_brokers() {
         (pending == 0).then_some(())
     })
     .await;
-    assert!(sale_settled.is_some(), "the flash sale's orders are still pending after 120 s");
-    assert_eq!(flash_paid(&orders_db).await, FLASH_STOCK, "exactly the flash sale's stock is paid");
+    assert!(
+        sale_settled.is_some(),
+        "the flash sale's orders are still pending after 120 s"
+    );
+    assert_eq!(
+        flash_paid(&orders_db).await,
+        FLASH_STOCK,
+        "exactly the flash sale's stock is paid"
+    );
 
     // ----- the storm: shoppers check out one unit after another while processes die.
     let mut shoppers = Vec::new();
@@ -500,7 +507,11 @@ async fn checkouts_survive_killed_processes_and_restarted_brokers() {
             );
         }
     }
-    assert_eq!(flash_paid(&orders_db).await, FLASH_STOCK, "the storm changed nothing of the sale");
+    assert_eq!(
+        flash_paid(&orders_db).await,
+        FLASH_STOCK,
+        "the storm changed nothing of the sale"
+    );
     let flash = stack
         .get("/api/v1/admin/inventory/FLASH-1", Some(&admin))
         .await
