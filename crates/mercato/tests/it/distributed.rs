@@ -125,6 +125,13 @@ impl Stack {
         succeeded(args, stack_sh(&self.env, args));
     }
 
+    /// Changes a setting for the processes started from now on (a revive restarts a process
+    /// with it).
+    pub(crate) fn set(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// kill -9 of one process (`orders-1`, or `nats` / `redis` when the stack owns them).
     pub(crate) async fn kill(&self, process: &str) {
         self.run_async(&["kill", process]).await;
