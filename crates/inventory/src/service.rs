@@ -244,9 +244,11 @@ impl Inventory {
         }
     }
 
-    /// Commits a transaction that may have moved levels, then drops the kept ones.
+    /// Commits a transaction of the service, then lets the relay know (it may hold events)
+    /// and drops the kept levels (it may have moved some).
     async fn commit_tx(&self, tx: Tx) -> Result<(), sqlx::Error> {
         tx.commit().await?;
+        self.outbox.wake();
         self.levels.forget();
         Ok(())
     }
@@ -490,7 +492,6 @@ impl Inventory {
             }
             Self::signal(&mut tx, &sku, &before, &after, ctx).await?;
             self.commit_tx(tx).await?;
-            self.outbox.wake();
             return self.stock(&sku).await;
         }
         Err(ApiError::Conflict(
@@ -640,7 +641,6 @@ impl Inventory {
         });
         Self::emit(&mut tx, RESERVED, &order_id, data, ctx).await?;
         self.commit_tx(tx).await?;
-        self.outbox.wake();
         Ok(reservation)
     }
 
@@ -761,7 +761,6 @@ impl Inventory {
         };
         self.record_moves(&mut tx, moves, event, data, ctx).await?;
         self.commit_tx(tx).await?;
-        self.outbox.wake();
         Reservation::from_row(row, lines)
     }
 
@@ -838,7 +837,6 @@ impl Inventory {
                     let data = json!({ "order_id": order_id, "reservation_id": row.id, "lines": lines });
                     Self::emit(&mut tx, UNFILLABLE, &order_id, data, ctx).await?;
                     self.commit_tx(tx).await?;
-                    self.outbox.wake();
                     return Ok(None);
                 }
             }
@@ -854,7 +852,6 @@ impl Inventory {
         self.record_moves(&mut tx, moves, COMMITTED, json!({ "late": true }), ctx)
             .await?;
         self.commit_tx(tx).await?;
-        self.outbox.wake();
         Reservation::from_row(row, lines).map(Some)
     }
 
@@ -956,7 +953,6 @@ impl Inventory {
             Self::signal(&mut tx, &line.sku, &before, &after, ctx).await?;
         }
         self.commit_tx(tx).await?;
-        self.outbox.wake();
         Ok(true)
     }
 
