@@ -764,9 +764,9 @@ impl Catalog {
     }
 
     /// What other services need of some SKUs (the cart's snapshot): product name, slug, first
-    /// image, price, and whether the product is on sale. Unknown SKUs are left out.
-    /// The known SKUs among `skus`, from the read cache where it has them: every cart add and
-    /// checkout asks, and any product change clears them (with the lists and searches).
+    /// image, price, and whether the product is on sale. Unknown SKUs are left out. Served from
+    /// the read cache where it has them: every cart add and checkout asks, and any product
+    /// change clears them (with the lists and searches).
     pub async fn sku_details(&self, skus: &[String]) -> Result<Vec<SkuDetails>, ApiError> {
         let mut found = Vec::with_capacity(skus.len());
         let mut missing = Vec::new();
