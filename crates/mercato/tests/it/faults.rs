@@ -178,6 +178,13 @@ async fn count(db: &platform::store::Db, sql: &str) -> i64 {
         .unwrap_or_else(|err| panic!("{sql}: {err}"))
 }
 
+/// Orders awaiting payment and reservations still active: both 0 once checkouts have settled.
+async fn open_orders(orders: &platform::store::Db, inventory: &platform::store::Db) -> (i64, i64) {
+    let pending = count(orders, "SELECT COUNT(*) FROM orders WHERE status = 'pending'").await;
+    let active = count(inventory, "SELECT COUNT(*) FROM reservations WHERE status = 'active'").await;
+    (pending, active)
+}
+
 /// Units of the flash sale's product in orders that are paid (or further along).
 async fn flash_paid(orders: &platform::store::Db) -> i64 {
     sqlx::query_scalar(
@@ -270,12 +277,7 @@ async fn checkouts_survive_killed_processes_and_restarted_brokers() {
     let orders_db = stack.db("orders").await;
     let inventory_db = stack.db("inventory").await;
     let sale_settled = platform::testing::eventually(Duration::from_secs(120), || async {
-        let pending = count(&orders_db, "SELECT COUNT(*) FROM orders WHERE status = 'pending'").await;
-        let active = count(
-            &inventory_db,
-            "SELECT COUNT(*) FROM reservations WHERE status = 'active'",
-        )
-        .await;
+        let (pending, active) = open_orders(&orders_db, &inventory_db).await;
         (pending == 0 && active == 0).then_some(())
     })
     .await;
@@ -409,12 +411,7 @@ async fn checkouts_survive_killed_processes_and_restarted_brokers() {
         dbs.push((service, stack.db(service).await));
     }
     let settled = platform::testing::eventually(Duration::from_secs(240), || async {
-        let pending = count(&orders_db, "SELECT COUNT(*) FROM orders WHERE status = 'pending'").await;
-        let active = count(
-            &inventory_db,
-            "SELECT COUNT(*) FROM reservations WHERE status = 'active'",
-        )
-        .await;
+        let (pending, active) = open_orders(&orders_db, &inventory_db).await;
         let mut unpublished = 0;
         for (_, db) in &dbs {
             unpublished += count(db, "SELECT COUNT(*) FROM outbox").await;
@@ -423,12 +420,7 @@ async fn checkouts_survive_killed_processes_and_restarted_brokers() {
     })
     .await;
     if settled.is_none() {
-        let pending = count(&orders_db, "SELECT COUNT(*) FROM orders WHERE status = 'pending'").await;
-        let active = count(
-            &inventory_db,
-            "SELECT COUNT(*) FROM reservations WHERE status = 'active'",
-        )
-        .await;
+        let (pending, active) = open_orders(&orders_db, &inventory_db).await;
         let mut outboxes = Vec::new();
         for (service, db) in &dbs {
             outboxes.push((service, count(db, "SELECT COUNT(*) FROM outbox").await));
