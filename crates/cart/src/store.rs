@@ -161,7 +161,9 @@ impl SqlCartStore {
     }
 
     /// Starts a write on `cart`: the cart row exists, fresh, and lines of an expired cart are gone.
-    /// A live cart (the usual case) takes one statement; a missing or expired one three.
+    /// A live cart (the usual case) takes one statement; a missing or expired one three. The
+    /// lines are deleted only if the cart is found expired by that statement itself: on
+    /// PostgreSQL another transaction may create the cart between the two, and its lines stay.
     async fn touch(&self, tx: &mut platform::store::Tx, cart: &str, now: i64) -> Result<(), sqlx::Error> {
         let expires_at = now.saturating_add(self.ttl_ms);
         let live = sqlx::query(
@@ -178,10 +180,14 @@ impl SqlCartStore {
         if live {
             return Ok(());
         }
-        sqlx::query("DELETE FROM cart_lines WHERE cart_key = $1")
-            .bind(cart)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM cart_lines WHERE cart_key = $1
+             AND EXISTS (SELECT 1 FROM carts WHERE cart_key = $1 AND expires_at <= $2)",
+        )
+        .bind(cart)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query(
             "INSERT INTO carts (cart_key, updated_at, expires_at, reported_at) VALUES ($1, $2, $3, NULL)
              ON CONFLICT (cart_key) DO UPDATE SET updated_at = excluded.updated_at,
