@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod events;
+pub mod kept_store;
 pub mod redis_store;
 pub mod service;
 pub mod store;

@@ -201,6 +201,22 @@ impl SqlCartStore {
         Ok(())
     }
 
+    /// The cart's row (`updated_at`, `expires_at`), if any, and all its lines, expired or not,
+    /// oldest first: what [`crate::kept_store::KeptCartStore`] keeps of it.
+    pub(crate) async fn row_and_lines(&self, cart: &str) -> anyhow::Result<(Option<(i64, i64)>, Vec<StoredLine>)> {
+        let row: Option<(i64, i64)> = sqlx::query_as("SELECT updated_at, expires_at FROM carts WHERE cart_key = $1")
+            .bind(cart)
+            .fetch_optional(self.db.reader())
+            .await?;
+        let lines = sqlx::query_as(&format!(
+            "SELECT {SELECT_LINE} FROM cart_lines WHERE cart_key = $1 ORDER BY added_at, sku"
+        ))
+        .bind(cart)
+        .fetch_all(self.db.reader())
+        .await?;
+        Ok((row, lines))
+    }
+
     async fn upsert(
         &self,
         cart: &str,
@@ -246,7 +262,8 @@ impl SqlCartStore {
     }
 }
 
-const LINE_COLUMNS: &str = "cart_key, sku, product_id, name, slug, image, unit_price, added_price, currency, \
+pub(crate) const LINE_COLUMNS: &str =
+    "cart_key, sku, product_id, name, slug, image, unit_price, added_price, currency, \
      quantity, active, added_at, updated_at";
 const SELECT_LINE: &str = "sku, product_id, name, slug, image, unit_price, added_price, currency, quantity, active, \
      added_at, updated_at";

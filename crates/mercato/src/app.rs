@@ -146,16 +146,22 @@ pub async fn cart_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// Builds the cart over its database, with its carts in SQL or Redis as configured.
+/// Builds the cart over its database, with its carts in SQL or Redis as configured. `sole_writer`
+/// says this process is the only one writing the cart database (the all-in-one mode): then SQL
+/// carts are also kept in memory, unless `cart.keep_in_memory` is off.
 pub async fn build_cart(
     config: &Config,
     db: Db,
     products: Arc<dyn cart::service::Products>,
     stock: Arc<dyn cart::service::Stock>,
     clock: SharedClock,
+    sole_writer: bool,
 ) -> anyhow::Result<Cart> {
     let ttl = Duration::from_secs(config.cart.ttl_secs.max(60));
     let store: Arc<dyn cart::store::CartStore> = match config.cart.store {
+        CartStoreKind::Sql if sole_writer && config.cart.keep_in_memory => {
+            Arc::new(cart::kept_store::KeptCartStore::new(db.clone(), ttl))
+        }
         CartStoreKind::Sql => Arc::new(cart::store::SqlCartStore::new(db.clone(), ttl)),
         CartStoreKind::Redis => {
             let url = config
@@ -787,6 +793,7 @@ impl App {
                 Arc::new(CatalogProducts(catalog.clone())),
                 Arc::new(InventoryStock(inventory.clone())),
                 clock.clone(),
+                true,
             )
             .await?,
         );

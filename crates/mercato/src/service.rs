@@ -210,6 +210,7 @@ impl ServiceApp {
                         Arc::new(RemoteCatalog(peers.get(catalog::SERVICE)?)),
                         Arc::new(RemoteInventory(peers.get(inventory::SERVICE)?)),
                         clock.clone(),
+                        false,
                     )
                     .await?,
                 );

@@ -444,6 +444,10 @@ pub struct CartConfig {
     /// A cart with items idle this long is reported once as cart.abandoned.
     pub abandoned_after_secs: u64,
     pub sweep_interval_secs: u64,
+    /// With `store = "sql"` in the all-in-one mode: carts are also kept in this process's memory
+    /// (reads from memory, writes grouped into shared transactions). The distributed mode never
+    /// keeps them: its replicas share the database.
+    pub keep_in_memory: bool,
 }
 
 impl Default for CartConfig {
@@ -456,6 +460,7 @@ impl Default for CartConfig {
             max_quantity: 99,
             abandoned_after_secs: 3600,
             sweep_interval_secs: 60,
+            keep_in_memory: true,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The `CartStore` conformance suite: every test runs on the SQL store over SQLite, over
-//! PostgreSQL (`MERCATO_TEST_POSTGRES_URL`) and on the Redis store (`MERCATO_TEST_REDIS_URL`).
+//! PostgreSQL (`MERCATO_TEST_POSTGRES_URL`), on the Redis store (`MERCATO_TEST_REDIS_URL`) and on
+//! the kept store (carts in memory in front of SQL) over SQLite and PostgreSQL.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use cart::kept_store::KeptCartStore;
 use cart::redis_store::RedisCartStore;
 use cart::store::{CartStore, Details, Snapshot, SqlCartStore, StoredLine};
 use platform::outbox::PLATFORM_MIGRATIONS;
@@ -44,6 +46,24 @@ macro_rules! suite {
 suite!(sql_sqlite, open_sqlite);
 suite!(sql_postgres, open_postgres);
 suite!(on_redis, open_redis);
+suite!(kept_sqlite, open_kept_sqlite);
+suite!(kept_postgres, open_kept_postgres);
+
+mod kept {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_agrees_with_memory() {
+        let (db, _dir) = platform::testing::sqlite_db().await.unwrap();
+        super::kept_carts_are_what_the_database_holds(db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_agrees_with_memory() {
+        match platform::testing::postgres_db().await.unwrap() {
+            Some(db) => super::kept_carts_are_what_the_database_holds(db).await,
+            None => eprintln!("skipped: this backend's test server is not configured"),
+        }
+    }
+}
 
 pub struct Fixture {
     store: Arc<dyn CartStore>,
@@ -69,6 +89,100 @@ async fn open_sqlite() -> Option<Fixture> {
 async fn open_postgres() -> Option<Fixture> {
     let db = platform::testing::postgres_db().await.unwrap()?;
     Some(sql(db, None).await)
+}
+
+async fn migrated(db: &platform::store::Db) {
+    db.migrate("platform", PLATFORM_MIGRATIONS).await.unwrap();
+    db.migrate(cart::SERVICE, cart::store::MIGRATIONS).await.unwrap();
+}
+
+async fn open_kept_sqlite() -> Option<Fixture> {
+    let (db, dir) = platform::testing::sqlite_db().await.unwrap();
+    migrated(&db).await;
+    Some(Fixture {
+        store: Arc::new(KeptCartStore::new(db, TTL)),
+        redis: None,
+        _dir: Some(dir),
+    })
+}
+
+async fn open_kept_postgres() -> Option<Fixture> {
+    let db = platform::testing::postgres_db().await.unwrap()?;
+    migrated(&db).await;
+    Some(Fixture {
+        store: Arc::new(KeptCartStore::new(db, TTL)),
+        redis: None,
+        _dir: None,
+    })
+}
+
+/// Many carts changed at once (so their writes share transactions), every kind of change: the
+/// database, read by a plain SQL store, holds exactly what the kept store answers.
+async fn kept_carts_are_what_the_database_holds(db: platform::store::Db) {
+    migrated(&db).await;
+    let kept = Arc::new(KeptCartStore::new(db.clone(), TTL));
+    let plain = SqlCartStore::new(db, TTL);
+    let mut tasks = Vec::new();
+    for c in 0..24_i64 {
+        let kept = kept.clone();
+        tasks.push(tokio::spawn(async move {
+            let cart = format!("cart-{c}");
+            for i in 0..6_i64 {
+                let sku = format!("SKU-{}", (c + i) % 5);
+                kept.add(&cart, &line(&sku, 1 + i % 3, 100 * (i + 1)), 99, NOW + i)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            match c % 4 {
+                0 => assert!(kept.remove(&cart, &format!("SKU-{}", c % 5), NOW + 10).await.unwrap()),
+                1 => assert!(kept
+                    .set_quantity(&cart, &format!("SKU-{}", (c + 1) % 5), 42, NOW + 10)
+                    .await
+                    .unwrap()),
+                2 => kept.clear(&cart).await.unwrap(),
+                _ => {
+                    let bought = vec![(format!("SKU-{}", c % 5), 1)];
+                    kept.deduct(&cart, &format!("order-{c}"), &bought, NOW + 10)
+                        .await
+                        .unwrap();
+                }
+            }
+            // A write after the cart's time is up starts it afresh.
+            if c % 6 == 5 {
+                kept.add(&cart, &line("LATE", 1, 100), 99, NOW + TTL_MS + 20)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let repriced = Snapshot {
+        active: false,
+        details: None,
+    };
+    kept.reprice("SKU-3", &repriced).await.unwrap();
+    for c in 0..24 {
+        let cart = format!("cart-{c}");
+        for at in [NOW + 11, NOW + TTL_MS + 21] {
+            let from_memory = kept.lines(&cart, at).await.unwrap();
+            assert_eq!(from_memory, plain.lines(&cart, at).await.unwrap(), "{cart} at {at}");
+            if at == NOW + 11 && c % 4 != 2 {
+                assert!(!from_memory.is_empty(), "{cart}");
+            }
+        }
+        for line in kept.lines(&cart, NOW + 11).await.unwrap() {
+            assert_eq!(line.active, i64::from(line.sku != "SKU-3"), "{cart}: {line:?}");
+        }
+    }
+    assert_eq!(
+        plain.lines("cart-5", NOW + TTL_MS + 21).await.unwrap().len(),
+        1,
+        "only the late line"
+    );
 }
 
 async fn open_redis() -> Option<Fixture> {
