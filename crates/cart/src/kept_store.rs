@@ -8,13 +8,15 @@
 //!
 //! Memory and the database agree because:
 //! - every change of a cart, and every load of one into memory, holds that cart's lock (one of a
-//!   fixed set of striped locks) until it is committed and kept;
+//!   fixed set of striped locks) until it is committed and kept. The batch writer keeps the
+//!   change and only then lets the lock go, so a request dropped while it waits (a client that
+//!   hung up) cannot leave memory behind the database;
 //! - a cart evicted from memory is loaded again (the database has every committed change), and
 //!   one whose write failed is dropped from memory, to be loaded again;
 //! - repricing, which changes lines of many carts, waits for every other write to finish, keeps
-//!   new ones out while it runs, and applies the same change to the carts in memory;
+//!   new ones out while it runs, and drops the carts holding the SKU from memory first;
 //! - the rarer one-cart operations (merging, taking, deducting an order) run on the SQL store
-//!   under the cart's lock and drop the cart from memory.
+//!   under the cart's lock, the cart dropped from memory before they start.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use platform::store::Db;
-use tokio::sync::{mpsc, oneshot, Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock};
 
 use crate::store::{CartStore, IdleCart, Snapshot, SqlCartStore, StoredLine, LINE_COLUMNS};
 
@@ -94,19 +96,28 @@ impl Change {
     }
 }
 
+type Carts = moka::sync::Cache<String, Arc<Kept>>;
+
+/// A cart's locks: all carts' shared, and its own.
+type Locks = (OwnedRwLockReadGuard<()>, OwnedMutexGuard<()>);
+
+/// A change waiting for the batch writer, with the cart as it is once written, and its locks,
+/// held until then.
 struct Pending {
     change: Change,
+    next: Kept,
+    locks: Locks,
     done: oneshot::Sender<Result<(), String>>,
 }
 
 pub struct KeptCartStore {
     sql: SqlCartStore,
     ttl_ms: i64,
-    carts: moka::sync::Cache<String, Arc<Kept>>,
-    stripes: Box<[Mutex<()>]>,
+    carts: Carts,
+    stripes: Box<[Arc<Mutex<()>>]>,
     hasher: std::collections::hash_map::RandomState,
     /// Held shared by every one-cart write and load, exclusively by repricing.
-    all_carts: RwLock<()>,
+    all_carts: Arc<RwLock<()>>,
     writes: mpsc::Sender<Pending>,
 }
 
@@ -114,26 +125,29 @@ impl KeptCartStore {
     /// Keeps the carts of `db` in memory; spawns the batch writer on the current runtime (it
     /// stops when the store is dropped).
     pub fn new(db: Db, ttl: Duration) -> Self {
+        let carts: Carts = moka::sync::Cache::builder()
+            .max_capacity(KEPT_WEIGHT)
+            .weigher(|_, kept: &Arc<Kept>| kept.weight())
+            .time_to_idle(KEPT_IDLE)
+            .build();
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(db.clone(), queue));
+        tokio::spawn(write_batches(db.clone(), carts.clone(), queue));
         Self {
             sql: SqlCartStore::new(db, ttl),
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
-            carts: moka::sync::Cache::builder()
-                .max_capacity(KEPT_WEIGHT)
-                .weigher(|_, kept: &Arc<Kept>| kept.weight())
-                .time_to_idle(KEPT_IDLE)
-                .build(),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            carts,
+            stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
-            all_carts: RwLock::new(()),
+            all_carts: Arc::new(RwLock::new(())),
             writes,
         }
     }
 
-    fn lock_of(&self, cart: &str) -> &Mutex<()> {
+    /// Takes the cart's locks (after every earlier change of it is written and kept).
+    async fn lock(&self, cart: &str) -> Locks {
+        let shared = self.all_carts.clone().read_owned().await;
         let slot = usize::try_from(self.hasher.hash_one(cart) % STRIPES as u64).unwrap_or(0);
-        &self.stripes[slot]
+        (shared, self.stripes[slot].clone().lock_owned().await)
     }
 
     /// The cart as kept, loading it when it is not; the caller holds the cart's lock.
@@ -153,8 +167,7 @@ impl KeptCartStore {
     /// Changes one cart: `plan` works the change out on a copy of the cart and answers; the
     /// change is written (with others, in one transaction) and then kept.
     async fn update<T>(&self, cart: &str, plan: impl FnOnce(&mut Kept, &mut Change) -> T) -> anyhow::Result<T> {
-        let _shared = self.all_carts.read().await;
-        let _cart = self.lock_of(cart).lock().await;
+        let locks = self.lock(cart).await;
         let mut next = Kept::clone(&*self.kept(cart).await?);
         let mut change = Change {
             cart: cart.to_owned(),
@@ -166,37 +179,28 @@ impl KeptCartStore {
         }
         let (done, written) = oneshot::channel();
         let stopped = || anyhow!("the cart writer has stopped");
-        let result = match self.writes.send(Pending { change, done }).await {
-            Ok(()) => written
-                .await
-                .map_err(|_| stopped())
-                .and_then(|r| r.map_err(anyhow::Error::msg)),
-            Err(_) => Err(stopped()),
+        let pending = Pending {
+            change,
+            next,
+            locks,
+            done,
         };
-        match result {
-            Ok(()) => {
-                self.carts.insert(cart.to_owned(), Arc::new(next));
-                Ok(answer)
-            }
-            Err(error) => {
-                // Whether it was written is unknown: the database says, at the next load.
-                self.carts.invalidate(cart);
-                Err(error)
-            }
-        }
+        // Not sent: nothing was written or kept, and the locks go with `pending`.
+        self.writes.send(pending).await.map_err(|_| stopped())?;
+        written.await.map_err(|_| stopped())?.map_err(anyhow::Error::msg)?;
+        Ok(answer)
     }
 
-    /// Runs a one-cart operation on the SQL store under the cart's lock, then forgets the cart.
+    /// Runs a one-cart operation on the SQL store under the cart's lock, the cart forgotten
+    /// first: it is loaded again after, whether or not the operation finished.
     async fn on_sql<T>(
         &self,
         cart: &str,
         op: impl std::future::Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
-        let _shared = self.all_carts.read().await;
-        let _cart = self.lock_of(cart).lock().await;
-        let result = op.await;
+        let _locks = self.lock(cart).await;
         self.carts.invalidate(cart);
-        result
+        op.await
     }
 
     /// The cart's row refreshed, as every write does; the lines of an expired cart go first.
@@ -220,8 +224,7 @@ impl CartStore for KeptCartStore {
         let kept = match self.carts.get(cart) {
             Some(kept) => kept,
             None => {
-                let _shared = self.all_carts.read().await;
-                let _cart = self.lock_of(cart).lock().await;
+                let _locks = self.lock(cart).await;
                 self.kept(cart).await?
             }
         };
@@ -321,27 +324,19 @@ impl CartStore for KeptCartStore {
     }
 
     async fn reprice(&self, sku: &str, snapshot: &Snapshot) -> anyhow::Result<u64> {
+        // Nothing is loaded or written while this holds every cart's lock, so the carts dropped
+        // here are loaded again only after the database has the new snapshot (or kept its old).
         let _all = self.all_carts.write().await;
-        let changed = self.sql.reprice(sku, snapshot).await?;
-        for (cart, kept) in &self.carts {
-            if !kept.lines.iter().any(|l| l.sku == sku) {
-                continue;
-            }
-            let mut next = Kept::clone(&kept);
-            for line in next.lines.iter_mut().filter(|l| l.sku == sku) {
-                line.active = i64::from(snapshot.active);
-                if let Some(d) = &snapshot.details {
-                    line.product_id.clone_from(&d.product_id);
-                    line.name.clone_from(&d.name);
-                    line.slug.clone_from(&d.slug);
-                    line.image.clone_from(&d.image);
-                    line.unit_price = d.unit_price;
-                    line.currency.clone_from(&d.currency);
-                }
-            }
-            self.carts.insert(String::clone(&cart), Arc::new(next));
+        let holding: Vec<Arc<String>> = self
+            .carts
+            .iter()
+            .filter(|(_, kept)| kept.lines.iter().any(|l| l.sku == sku))
+            .map(|(cart, _)| cart)
+            .collect();
+        for cart in holding {
+            self.carts.invalidate(cart.as_str());
         }
-        Ok(changed)
+        self.sql.reprice(sku, snapshot).await
     }
 
     async fn idle(&self, idle_before: i64, now: i64, limit: usize) -> anyhow::Result<Vec<IdleCart>> {
@@ -368,7 +363,7 @@ impl CartStore for KeptCartStore {
 /// The batch writer: takes what is queued (up to [`MAX_BATCH`] changes), writes it in one
 /// transaction and answers each request. When a batch fails, each of its changes is tried
 /// alone, so one bad change fails only its own request.
-async fn write_batches(db: Db, mut queue: mpsc::Receiver<Pending>) {
+async fn write_batches(db: Db, carts: Carts, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let changes: Vec<&Change> = batch.iter().map(|p| &p.change).collect();
@@ -377,22 +372,40 @@ async fn write_batches(db: Db, mut queue: mpsc::Receiver<Pending>) {
         match written {
             Ok(()) => {
                 for pending in batch.drain(..) {
-                    let _ = pending.done.send(Ok(()));
+                    finish(&carts, pending, Ok(()));
                 }
             }
             Err(error) if batch.len() == 1 => {
                 for pending in batch.drain(..) {
-                    let _ = pending.done.send(Err(error.to_string()));
+                    finish(&carts, pending, Err(error.to_string()));
                 }
             }
             Err(_) => {
                 for pending in batch.drain(..) {
                     let alone = write(&db, &[&pending.change]).await.map_err(|e| e.to_string());
-                    let _ = pending.done.send(alone);
+                    finish(&carts, pending, alone);
                 }
             }
         }
     }
+}
+
+/// Keeps a written change (or forgets the cart, when the write failed: the database says what
+/// it holds at the next load), lets the cart's locks go and answers the request.
+fn finish(carts: &Carts, pending: Pending, written: Result<(), String>) {
+    let Pending {
+        change,
+        next,
+        locks,
+        done,
+    } = pending;
+    if written.is_ok() {
+        carts.insert(change.cart, Arc::new(next));
+    } else {
+        carts.invalidate(&change.cart);
+    }
+    drop(locks);
+    let _ = done.send(written);
 }
 
 /// `$first, $first+1, …` for `count` parameters.

@@ -183,6 +183,34 @@ async fn kept_carts_are_what_the_database_holds(db: platform::store::Db) {
         1,
         "only the late line"
     );
+    // Requests dropped part way (a client that hung up): whatever of them was written, memory
+    // says the same as the database.
+    let mut dropped = Vec::new();
+    for i in 0..40 {
+        let kept = kept.clone();
+        dropped.push(tokio::spawn(async move {
+            let cart = format!("dropped-{}", i % 8);
+            kept.add(&cart, &line(&format!("D-{i}"), 1, 100), 99, NOW + 30).await
+        }));
+    }
+    for (i, task) in dropped.into_iter().enumerate() {
+        for _ in 0..i % 4 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        let _ = task.await;
+    }
+    for i in 0..8 {
+        let cart = format!("dropped-{i}");
+        // A dropped request's change may still be on its way to the database; a write (of
+        // nothing) waits for it, as it holds the cart's lock until then.
+        assert!(!kept.remove(&cart, "NONE", NOW + 31).await.unwrap());
+        assert_eq!(
+            kept.lines(&cart, NOW + 31).await.unwrap(),
+            plain.lines(&cart, NOW + 31).await.unwrap(),
+            "{cart}"
+        );
+    }
 }
 
 async fn open_redis() -> Option<Fixture> {
