@@ -246,6 +246,12 @@ impl Inventory {
 
     /// Commits a transaction of the service, then lets the relay know (it may hold events)
     /// and drops the kept levels (it may have moved some).
+    /// A movement of several SKUs' units may be one statement: on SQLite (see
+    /// [`store::reserve_lines`]).
+    fn one_statement(&self) -> bool {
+        self.db.backend() == platform::store::Backend::Sqlite
+    }
+
     async fn commit_tx(&self, tx: Tx) -> Result<(), sqlx::Error> {
         tx.commit().await?;
         self.outbox.wake();
@@ -588,8 +594,9 @@ impl Inventory {
         }
         let mut short = Vec::new();
         let mut changed = Vec::new();
-        for line in &lines {
-            match store::reserve_units(&mut tx, &line.sku, line.quantity, now).await? {
+        let reserved = store::reserve_lines(&mut tx, self.one_statement(), &lines, now).await?;
+        for (line, after) in lines.iter().zip(reserved) {
+            match after {
                 Some(after) => changed.push((line, after)),
                 None => short.push(line),
             }
@@ -725,13 +732,13 @@ impl Inventory {
         } else {
             (Movement::Release, false)
         };
+        let moved = if sold {
+            store::commit_lines(&mut tx, self.one_statement(), &lines, now).await?
+        } else {
+            store::release_lines(&mut tx, self.one_statement(), &lines, now).await?
+        };
         let mut changed = Vec::with_capacity(lines.len());
-        for line in &lines {
-            let after = if sold {
-                store::commit_units(&mut tx, &line.sku, line.quantity, now).await?
-            } else {
-                store::release_units(&mut tx, &line.sku, line.quantity, now).await?
-            };
+        for (line, after) in lines.iter().zip(moved) {
             // The reservation holds these units, so the row has them reserved; anything else
             // is a broken invariant, and nothing of this change may be kept.
             let after = after.ok_or_else(|| {

@@ -327,16 +327,106 @@ async fn move_units(
     .await
 }
 
-/// Reserves `quantity` units if that many are available (and the SKU is still sold).
-pub async fn reserve_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
-    let condition = " AND discontinued_at IS NULL AND on_hand - reserved >= $2";
-    move_units(tx, sku, "reserved = reserved + $2", condition, quantity, now).await
+/// The same movement of units for every line (distinct SKUs): what each line's SKU holds after,
+/// `None` where `condition` did not hold, in the order of `lines`.
+///
+/// One statement on SQLite, whose single writer takes no row locks. On PostgreSQL one statement
+/// per line, in the order given (SKU order, as every caller passes them): one statement would
+/// lock the rows in an order of the planner's choosing, and two such could deadlock.
+async fn move_lines(
+    tx: &mut Tx,
+    one_statement: bool,
+    lines: &[Line],
+    set: &str,
+    condition: &str,
+    now: i64,
+) -> Result<Vec<Option<After>>, sqlx::Error> {
+    if !one_statement || lines.len() < 2 {
+        let mut after = Vec::with_capacity(lines.len());
+        for line in lines {
+            after.push(move_units(tx, &line.sku, set, condition, line.quantity, now).await?);
+        }
+        return Ok(after);
+    }
+    let picks: Vec<String> = (0..lines.len())
+        .map(|i| format!("SELECT ${} AS sku, ${} AS quantity", 2 * i + 2, 2 * i + 3))
+        .collect();
+    let sql = format!(
+        "UPDATE stock SET {set}, updated_at = $1 FROM ({picks}) AS q WHERE stock.sku = q.sku{condition} \
+         RETURNING sku, on_hand, reserved, low_stock_threshold, low_stock_alerted, product_id",
+        set = set.replace("$2", "q.quantity"),
+        condition = condition.replace("$2", "q.quantity"),
+        picks = picks.join(" UNION ALL "),
+    );
+    let mut query = sqlx::query_as::<_, MovedRow>(&sql).bind(now);
+    for line in lines {
+        query = query.bind(&line.sku).bind(line.quantity);
+    }
+    let mut moved = query.fetch_all(&mut **tx).await?;
+    Ok(lines
+        .iter()
+        .map(|line| {
+            let at = moved.iter().position(|row| row.sku == line.sku)?;
+            let row = moved.swap_remove(at);
+            Some(After {
+                on_hand: row.on_hand,
+                reserved: row.reserved,
+                low_stock_threshold: row.low_stock_threshold,
+                low_stock_alerted: row.low_stock_alerted,
+                product_id: row.product_id,
+            })
+        })
+        .collect())
 }
 
-/// Turns reserved units into sold ones: both levels fall by `quantity`.
-pub async fn commit_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
+#[derive(FromRow)]
+struct MovedRow {
+    sku: String,
+    on_hand: i64,
+    reserved: i64,
+    low_stock_threshold: i64,
+    low_stock_alerted: i64,
+    product_id: Option<String>,
+}
+
+/// Reserves each line's units if that many are available (and the SKU is still sold).
+pub async fn reserve_lines(
+    tx: &mut Tx,
+    one_statement: bool,
+    lines: &[Line],
+    now: i64,
+) -> Result<Vec<Option<After>>, sqlx::Error> {
+    let condition = " AND discontinued_at IS NULL AND on_hand - reserved >= $2";
+    move_lines(tx, one_statement, lines, "reserved = reserved + $2", condition, now).await
+}
+
+/// Turns each line's reserved units into sold ones: both levels fall by its quantity.
+pub async fn commit_lines(
+    tx: &mut Tx,
+    one_statement: bool,
+    lines: &[Line],
+    now: i64,
+) -> Result<Vec<Option<After>>, sqlx::Error> {
     let set = "on_hand = on_hand - $2, reserved = reserved - $2";
-    move_units(tx, sku, set, " AND reserved >= $2", quantity, now).await
+    move_lines(tx, one_statement, lines, set, " AND reserved >= $2", now).await
+}
+
+/// Gives each line's reserved units back.
+pub async fn release_lines(
+    tx: &mut Tx,
+    one_statement: bool,
+    lines: &[Line],
+    now: i64,
+) -> Result<Vec<Option<After>>, sqlx::Error> {
+    move_lines(
+        tx,
+        one_statement,
+        lines,
+        "reserved = reserved - $2",
+        " AND reserved >= $2",
+        now,
+    )
+    .await
 }
 
 /// Sells units nobody holds (an order paid after its reservation expired): on hand goes down
@@ -347,19 +437,6 @@ pub async fn sell_free_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) ->
         sku,
         "on_hand = on_hand - $2",
         " AND on_hand - reserved >= $2",
-        quantity,
-        now,
-    )
-    .await
-}
-
-/// Gives reserved units back.
-pub async fn release_units(tx: &mut Tx, sku: &str, quantity: i64, now: i64) -> Result<Option<After>, sqlx::Error> {
-    move_units(
-        tx,
-        sku,
-        "reserved = reserved - $2",
-        " AND reserved >= $2",
         quantity,
         now,
     )
