@@ -103,7 +103,7 @@ impl Outbox {
             let mut failures = 0u32;
             loop {
                 let notified = outbox.notify.notified();
-                let wait = match outbox.relay_batch(bus.as_ref()).await {
+                let wait = match outbox.relay_batch(service, bus.as_ref()).await {
                     Ok(published) if published > 0 => {
                         failures = 0;
                         continue;
@@ -130,13 +130,51 @@ impl Outbox {
     }
 
     /// Publishes up to 100 rows; answers how many were published.
-    async fn relay_batch(&self, bus: &dyn Bus) -> anyhow::Result<usize> {
+    ///
+    /// On PostgreSQL every replica of a service runs a relay over the one outbox: the batch runs
+    /// in a transaction holding an advisory lock of the service's outbox, and a relay that
+    /// cannot take it leaves the batch to the one that holds it. So each row is published by
+    /// one relay, once (barring a crash between publishing and deleting), and in `seq` order.
+    async fn relay_batch(&self, service: &str, bus: &dyn Bus) -> anyhow::Result<usize> {
+        if self.db.backend() != crate::store::Backend::Postgres {
+            let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100")
+                .fetch_all(self.db.reader())
+                .await?;
+            let (published, outcome) = Self::publish_rows(bus, &rows).await;
+            if !published.is_empty() {
+                Self::delete_rows(self.db.writer(), &published).await?;
+            }
+            return outcome;
+        }
+        let mut tx = self.db.begin().await?;
+        // Per database and schema (services may share a database, each in its own schema).
+        let mine: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtext('mercato.outbox'), hashtext(current_schema() || '.' || $1))",
+        )
+        .bind(service)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !mine {
+            tx.rollback().await?;
+            return Ok(0);
+        }
         let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100")
-            .fetch_all(self.db.reader())
+            .fetch_all(&mut *tx)
             .await?;
+        let (published, outcome) = Self::publish_rows(bus, &rows).await;
+        if !published.is_empty() {
+            Self::delete_rows(&mut *tx, &published).await?;
+        }
+        tx.commit().await?;
+        outcome
+    }
+
+    /// Publishes rows in order until one fails: the seqs published, and how many rows there
+    /// were (or the failure).
+    async fn publish_rows(bus: &dyn Bus, rows: &[(i64, String)]) -> (Vec<i64>, anyhow::Result<usize>) {
         let mut published = Vec::with_capacity(rows.len());
         let mut failure = None;
-        for (seq, payload) in &rows {
+        for (seq, payload) in rows {
             let sent = match Event::from_json(payload) {
                 Ok(event) => bus.publish(&event).await,
                 Err(err) => Err(err.into()),
@@ -149,22 +187,28 @@ impl Outbox {
                 }
             }
         }
-        // One delete for what the bus has, by explicit seq: a row with a lower seq that commits
-        // late (PostgreSQL hands out seqs before commit) is never deleted unpublished.
-        if !published.is_empty() {
-            let sql = format!(
-                "DELETE FROM outbox WHERE seq IN ({})",
-                crate::store::placeholders(1, published.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for seq in &published {
-                query = query.bind(seq);
-            }
-            query.execute(self.db.writer()).await?;
-        }
-        match failure {
+        let outcome = match failure {
             Some(err) => Err(err),
             None => Ok(rows.len()),
+        };
+        (published, outcome)
+    }
+
+    /// One delete for what the bus has, by explicit seq: a row with a lower seq that commits
+    /// late (PostgreSQL hands out seqs before commit) is never deleted unpublished.
+    async fn delete_rows<'c, E>(executor: E, published: &[i64]) -> Result<(), sqlx::Error>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        let sql = format!(
+            "DELETE FROM outbox WHERE seq IN ({})",
+            crate::store::placeholders(1, published.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for seq in published {
+            query = query.bind(*seq);
         }
+        query.execute(executor).await?;
+        Ok(())
     }
 }
