@@ -27,7 +27,9 @@ use async_trait::async_trait;
 use platform::store::Db;
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock};
 
-use crate::store::{CartStore, IdleCart, Snapshot, SqlCartStore, StoredLine, LINE_COLUMNS};
+use platform::store::placeholders;
+
+use crate::store::{bind_line, CartStore, IdleCart, Snapshot, SqlCartStore, StoredLine, LINE_COLUMNS};
 
 /// Striped cart locks: two carts share a lock only by chance, and then only wait.
 const STRIPES: usize = 1024;
@@ -408,12 +410,20 @@ fn finish(carts: &Carts, pending: Pending, written: Result<(), String>) {
     let _ = done.send(written);
 }
 
-/// `$first, $first+1, …` for `count` parameters.
-fn params(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `DELETE FROM {table} WHERE cart_key IN (…)` for `carts`, a statement per chunk.
+async fn delete_carts_from(tx: &mut platform::store::Tx, table: &str, carts: &[&str]) -> Result<(), sqlx::Error> {
+    for chunk in carts.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "DELETE FROM {table} WHERE cart_key IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for cart in chunk {
+            query = query.bind(*cart);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Writes the changes of distinct carts in one transaction.
@@ -424,30 +434,16 @@ async fn write(db: &Db, changes: &[&Change]) -> Result<(), sqlx::Error> {
         .filter(|c| c.drop_lines)
         .map(|c| c.cart.as_str())
         .collect();
-    for chunk in dropped.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("DELETE FROM cart_lines WHERE cart_key IN ({})", params(1, chunk.len()));
-        let mut query = sqlx::query(&sql);
-        for cart in chunk {
-            query = query.bind(*cart);
-        }
-        query.execute(&mut *tx).await?;
-    }
+    delete_carts_from(&mut tx, "cart_lines", &dropped).await?;
     let gone: Vec<&str> = changes.iter().filter(|c| c.drop_row).map(|c| c.cart.as_str()).collect();
-    for chunk in gone.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("DELETE FROM carts WHERE cart_key IN ({})", params(1, chunk.len()));
-        let mut query = sqlx::query(&sql);
-        for cart in chunk {
-            query = query.bind(*cart);
-        }
-        query.execute(&mut *tx).await?;
-    }
+    delete_carts_from(&mut tx, "carts", &gone).await?;
     let rows: Vec<(&str, CartRow)> = changes
         .iter()
         .filter_map(|c| c.row.map(|row| (c.cart.as_str(), row)))
         .collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({}, NULL)", params(3 * i + 1, 3)))
+            .map(|i| format!("({}, NULL)", placeholders(3 * i + 1, 3)))
             .collect();
         let sql = format!(
             "INSERT INTO carts (cart_key, updated_at, expires_at, reported_at) VALUES {}
@@ -482,7 +478,7 @@ async fn write(db: &Db, changes: &[&Change]) -> Result<(), sqlx::Error> {
         .collect();
     for chunk in lines.chunks(ROWS_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", params(13 * i + 1, 13)))
+            .map(|i| format!("({})", placeholders(13 * i + 1, 13)))
             .collect();
         let sql = format!(
             "INSERT INTO cart_lines ({LINE_COLUMNS}) VALUES {}
@@ -495,20 +491,7 @@ async fn write(db: &Db, changes: &[&Change]) -> Result<(), sqlx::Error> {
         );
         let mut query = sqlx::query(&sql);
         for (cart, l) in chunk {
-            query = query
-                .bind(*cart)
-                .bind(&l.sku)
-                .bind(&l.product_id)
-                .bind(&l.name)
-                .bind(&l.slug)
-                .bind(&l.image)
-                .bind(l.unit_price)
-                .bind(l.added_price)
-                .bind(&l.currency)
-                .bind(l.quantity)
-                .bind(l.active)
-                .bind(l.added_at)
-                .bind(l.updated_at);
+            query = bind_line(query, cart, l, l.quantity, l.updated_at);
         }
         query.execute(&mut *tx).await?;
     }

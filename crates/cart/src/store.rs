@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use platform::store::{Db, Migration};
 use serde::{Deserialize, Serialize};
-use sqlx::FromRow;
+use sqlx::{FromRow, Row};
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -236,23 +236,12 @@ impl SqlCartStore {
              WHERE {quantity_sql} <= $14
              RETURNING quantity"
         );
-        let quantity: Option<i64> = sqlx::query_scalar(&sql)
-            .bind(cart)
-            .bind(&line.sku)
-            .bind(&line.product_id)
-            .bind(&line.name)
-            .bind(&line.slug)
-            .bind(&line.image)
-            .bind(line.unit_price)
-            .bind(line.added_price)
-            .bind(&line.currency)
-            .bind(line.quantity.min(cap))
-            .bind(line.active)
-            .bind(line.added_at)
-            .bind(now)
+        let quantity: Option<i64> = bind_line(sqlx::query(&sql), cart, line, line.quantity.min(cap), now)
             .bind(cap)
             .fetch_optional(&mut *tx)
-            .await?;
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
         if quantity.is_some() {
             tx.commit().await?;
         } else {
@@ -260,6 +249,33 @@ impl SqlCartStore {
         }
         Ok(quantity)
     }
+}
+
+/// A statement built at run time, as the SQL stores bind it.
+pub(crate) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds a line's [`LINE_COLUMNS`], in their order, with `quantity` and `updated_at` as given.
+pub(crate) fn bind_line<'q>(
+    query: Query<'q>,
+    cart: &'q str,
+    line: &'q StoredLine,
+    quantity: i64,
+    updated_at: i64,
+) -> Query<'q> {
+    query
+        .bind(cart)
+        .bind(&line.sku)
+        .bind(&line.product_id)
+        .bind(&line.name)
+        .bind(&line.slug)
+        .bind(&line.image)
+        .bind(line.unit_price)
+        .bind(line.added_price)
+        .bind(&line.currency)
+        .bind(quantity)
+        .bind(line.active)
+        .bind(line.added_at)
+        .bind(updated_at)
 }
 
 pub(crate) const LINE_COLUMNS: &str =
