@@ -244,14 +244,14 @@ impl Inventory {
         }
     }
 
-    /// Commits a transaction of the service, then lets the relay know (it may hold events)
-    /// and drops the kept levels (it may have moved some).
     /// A movement of several SKUs' units may be one statement: on SQLite (see
     /// [`store::reserve_lines`]).
     fn one_statement(&self) -> bool {
         self.db.backend() == platform::store::Backend::Sqlite
     }
 
+    /// Commits a transaction of the service, then lets the relay know (it may hold events)
+    /// and drops the kept levels (it may have moved some).
     async fn commit_tx(&self, tx: Tx) -> Result<(), sqlx::Error> {
         tx.commit().await?;
         self.outbox.wake();

@@ -367,26 +367,17 @@ async fn move_lines(
         .iter()
         .map(|line| {
             let at = moved.iter().position(|row| row.sku == line.sku)?;
-            let row = moved.swap_remove(at);
-            Some(After {
-                on_hand: row.on_hand,
-                reserved: row.reserved,
-                low_stock_threshold: row.low_stock_threshold,
-                low_stock_alerted: row.low_stock_alerted,
-                product_id: row.product_id,
-            })
+            Some(moved.swap_remove(at).after)
         })
         .collect())
 }
 
+/// A row [`move_lines`] moved: its SKU and its levels after.
 #[derive(FromRow)]
 struct MovedRow {
     sku: String,
-    on_hand: i64,
-    reserved: i64,
-    low_stock_threshold: i64,
-    low_stock_alerted: i64,
-    product_id: Option<String>,
+    #[sqlx(flatten)]
+    after: After,
 }
 
 /// Reserves each line's units if that many are available (and the SKU is still sold).
