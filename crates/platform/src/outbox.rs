@@ -55,6 +55,9 @@ pub async fn enqueue(tx: &mut Tx, event: &Event) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// The rows a relay publishes next, oldest first.
+const NEXT_BATCH: &str = "SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100";
+
 /// A service's handle on its outbox: call [`Outbox::wake`] after committing a transaction
 /// that enqueued events so the relay publishes them now rather than at its next poll.
 #[derive(Debug, Clone)]
@@ -129,7 +132,7 @@ impl Outbox {
         })
     }
 
-    /// Publishes up to 100 rows; answers how many were published.
+    /// Publishes up to 100 rows ([`NEXT_BATCH`]); answers how many were published.
     ///
     /// On PostgreSQL every replica of a service runs a relay over the one outbox: the batch runs
     /// in a transaction holding an advisory lock of the service's outbox, and a relay that
@@ -137,9 +140,7 @@ impl Outbox {
     /// one relay, once (barring a crash between publishing and deleting), and in `seq` order.
     async fn relay_batch(&self, service: &str, bus: &dyn Bus) -> anyhow::Result<usize> {
         if self.db.backend() != crate::store::Backend::Postgres {
-            let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100")
-                .fetch_all(self.db.reader())
-                .await?;
+            let rows: Vec<(i64, String)> = sqlx::query_as(NEXT_BATCH).fetch_all(self.db.reader()).await?;
             let (published, outcome) = Self::publish_rows(bus, &rows).await;
             if !published.is_empty() {
                 Self::delete_rows(self.db.writer(), &published).await?;
@@ -158,9 +159,7 @@ impl Outbox {
             tx.rollback().await?;
             return Ok(0);
         }
-        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100")
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(NEXT_BATCH).fetch_all(&mut *tx).await?;
         let (published, outcome) = Self::publish_rows(bus, &rows).await;
         if !published.is_empty() {
             Self::delete_rows(&mut *tx, &published).await?;
