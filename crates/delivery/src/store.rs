@@ -563,12 +563,9 @@ pub async fn replace_areas(tx: &mut Tx, agent_id: &str, cities: &[(String, Strin
     if cities.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..cities.len())
-        .map(|i| format!("({})", platform::store::placeholders(i * 3 + 1, 3)))
-        .collect();
     let sql = format!(
         "INSERT INTO agent_areas (agent_id, city_key, city) VALUES {}",
-        rows.join(", ")
+        platform::store::value_rows(cities.len(), 3)
     );
     let mut query = sqlx::query(&sql);
     for (key, city) in cities {

@@ -180,6 +180,9 @@ pub struct InventoryConfig {
     pub low_stock_threshold: i64,
     /// How often expired reservations are looked for.
     pub sweep_interval_secs: u64,
+    /// Reserves, commits and releases that arrive together are written in one transaction
+    /// (each keeps its own all-or-nothing outcome); `false`: a transaction each.
+    pub batch_reservations: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -471,6 +474,7 @@ impl Default for InventoryConfig {
             reservation_ttl_secs: 15 * 60,
             low_stock_threshold: 5,
             sweep_interval_secs: 5,
+            batch_reservations: true,
         }
     }
 }

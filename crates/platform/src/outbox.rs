@@ -45,13 +45,28 @@ pub const PLATFORM_MIGRATIONS: &[Migration] = &[Migration {
 
 /// Writes `event` to the outbox inside the caller's transaction.
 pub async fn enqueue(tx: &mut Tx, event: &Event) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO outbox (event_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(event.id.to_string())
-        .bind(&event.kind)
-        .bind(event.to_json())
-        .bind(crate::clock::now_ms())
-        .execute(&mut **tx)
-        .await?;
+    enqueue_all(tx, std::slice::from_ref(event)).await
+}
+
+/// Writes `events` to the outbox inside the caller's transaction, in their order, a few hundred
+/// to a statement.
+pub async fn enqueue_all(tx: &mut Tx, events: &[Event]) -> Result<(), sqlx::Error> {
+    let now = crate::clock::now_ms();
+    for chunk in events.chunks(crate::store::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO outbox (event_id, event_type, payload, created_at) VALUES {}",
+            crate::store::value_rows(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
+            query = query
+                .bind(event.id.to_string())
+                .bind(event.kind.clone())
+                .bind(event.to_json())
+                .bind(now);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

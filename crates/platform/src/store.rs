@@ -120,7 +120,8 @@ impl Db {
                     Box::pin(async move {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
+                             PRAGMA temp_store = MEMORY;",
                         )
                         .await?;
                         Ok(())
@@ -278,6 +279,19 @@ impl Db {
 pub fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows (or keys) per multi-row statement: at up to 60 columns, under the bind limits of SQLite
+/// (32,766) and PostgreSQL (65,535).
+pub const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, …, $columns), ($columns+1, …)` for `rows` rows: the `VALUES` of a multi-row `INSERT`
+/// whose values are bound row by row.
+pub fn value_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(i * columns + 1, columns)))
         .collect::<Vec<_>>()
         .join(", ")
 }
