@@ -3,6 +3,7 @@
 //! low-stock alerts, and the invariant check behind `mercato inventory check`.
 
 pub mod api;
+mod batch;
 pub mod domain;
 pub mod events;
 pub mod service;

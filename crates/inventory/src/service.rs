@@ -3,6 +3,7 @@
 //! Each runs in one transaction with its ledger entries and its outbox events.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use platform::clock::SharedClock;
@@ -12,8 +13,10 @@ use platform::outbox::{self, Outbox};
 use platform::store::{is_unique_violation, Db, Tx};
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{self, Outcome, Who};
 use crate::domain::{self, Levels, Line, Movement, ReleaseReason, ReservationStatus};
 use crate::store::{self, After, Entry, ReservationRow, StockRow};
 
@@ -38,6 +41,9 @@ pub struct Settings {
     pub default_low_stock_threshold: i64,
     /// How often the sweeper looks for expired reservations.
     pub sweep_interval: Duration,
+    /// Reserves, commits and releases that arrive together are written together, in one
+    /// transaction of a few multi-row statements (see `batch`); `false` gives each its own.
+    pub batch_reservations: bool,
 }
 
 impl Default for Settings {
@@ -46,6 +52,7 @@ impl Default for Settings {
             reservation_ttl: Duration::from_secs(15 * 60),
             default_low_stock_threshold: 5,
             sweep_interval: Duration::from_secs(5),
+            batch_reservations: true,
         }
     }
 }
@@ -66,7 +73,7 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    fn from_row(row: ReservationRow, lines: Vec<Line>) -> Result<Self, ApiError> {
+    pub(crate) fn from_row(row: ReservationRow, lines: Vec<Line>) -> Result<Self, ApiError> {
         let status = ReservationStatus::parse(&row.status)
             .ok_or_else(|| anyhow::anyhow!("unknown reservation status {:?}", row.status))?;
         Ok(Self {
@@ -200,7 +207,9 @@ pub struct Inventory {
     outbox: Outbox,
     clock: SharedClock,
     settings: Settings,
-    levels: KeptLevels,
+    levels: Arc<KeptLevels>,
+    /// The queue of the batch writer, started by the first reservation command.
+    batches: OnceLock<mpsc::Sender<batch::Command>>,
 }
 
 /// Stock levels kept in memory for [`Inventory::kept_stocks`]: every transaction of this
@@ -208,7 +217,7 @@ pub struct Inventory {
 /// such a commit keeps nothing (the generation moved). Writes of another process do not reach
 /// them, hence the short time to live and the rule that only callers in this process (the
 /// all-in-one cart) use them.
-struct KeptLevels {
+pub(crate) struct KeptLevels {
     views: moka::sync::Cache<String, StockView>,
     generation: AtomicU64,
 }
@@ -227,7 +236,7 @@ impl KeptLevels {
         }
     }
 
-    fn forget(&self) {
+    pub(crate) fn forget(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.views.invalidate_all();
     }
@@ -240,7 +249,8 @@ impl Inventory {
             db,
             clock,
             settings,
-            levels: KeptLevels::new(),
+            levels: Arc::new(KeptLevels::new()),
+            batches: OnceLock::new(),
         }
     }
 
@@ -288,7 +298,7 @@ impl Inventory {
         data: serde_json::Value,
         ctx: Context<'_>,
     ) -> Result<(), sqlx::Error> {
-        outbox::enqueue(tx, &Event::new(SERVICE, kind, subject, data, ctx.correlation_id)).await
+        outbox::enqueue(tx, &event(kind, subject, data, ctx)).await
     }
 
     /// Announces what a change from `before` to `after` implies, and records the alert state.
@@ -299,26 +309,9 @@ impl Inventory {
         after: &After,
         ctx: Context<'_>,
     ) -> Result<(), sqlx::Error> {
-        let levels = after.levels();
-        let signals = domain::signals(before, &levels);
-        if let Some(available) = signals.availability_changed {
-            Self::emit(
-                tx,
-                AVAILABILITY_CHANGED,
-                sku,
-                json!({"sku": sku, "available": available}),
-                ctx,
-            )
-            .await?;
-        }
-        if signals.low_stock {
-            let data = json!({
-                "sku": sku, "product_id": after.product_id, "available": levels.available(),
-                "on_hand": levels.on_hand, "threshold": levels.low_stock_threshold,
-            });
-            Self::emit(tx, LOW_STOCK, sku, data, ctx).await?;
-        }
-        if let Some(alerted) = signals.alerted {
+        let (events, alerted) = signal_events(sku, before, &after.levels(), after.product_id.as_deref(), ctx);
+        outbox::enqueue_all(tx, &events).await?;
+        if let Some(alerted) = alerted {
             store::set_alerted(tx, sku, alerted).await?;
         }
         Ok(())
@@ -566,13 +559,61 @@ impl Inventory {
     ) -> Result<Reservation, ReserveError> {
         let order_id = parse_order_id(order_id)?;
         let lines = domain::merge_lines(lines)?;
-        let now = self.now();
         let ttl = ttl.unwrap_or(self.settings.reservation_ttl);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let batched = self
+            .batched(|reply| batch::Command::Reserve {
+                order_id: order_id.clone(),
+                lines: lines.clone(),
+                ttl_ms,
+                who: Who::of(ctx),
+                reply,
+            })
+            .await;
+        match batched {
+            Some(result) => result,
+            None => self.reserve_alone(order_id, lines, ttl_ms, ctx).await,
+        }
+    }
+
+    /// Sends a command (made with the sender of its answer) to the batch writer and waits for
+    /// its answer. `None`: batches are off, the batch was rolled back, or the writer is gone;
+    /// the command must run alone.
+    async fn batched<T>(&self, command: impl FnOnce(oneshot::Sender<Outcome<T>>) -> batch::Command) -> Option<T> {
+        if !self.settings.batch_reservations {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        let queue = self.batches.get_or_init(|| {
+            batch::Writer {
+                db: self.db.clone(),
+                outbox: self.outbox.clone(),
+                clock: self.clock.clone(),
+                levels: self.levels.clone(),
+            }
+            .spawn()
+        });
+        queue.send(command(reply)).await.ok()?;
+        match answer.await {
+            Ok(Outcome::Done(result)) => Some(result),
+            Ok(Outcome::Alone) | Err(_) => None,
+        }
+    }
+
+    /// [`Inventory::reserve`] in a transaction of its own.
+    async fn reserve_alone(
+        &self,
+        order_id: String,
+        lines: Vec<Line>,
+        ttl_ms: i64,
+        ctx: Context<'_>,
+    ) -> Result<Reservation, ReserveError> {
+        let now = self.now();
         let row = ReservationRow {
             id: platform::id::new_id().to_string(),
             order_id: order_id.clone(),
             status: ReservationStatus::Active.as_str().to_owned(),
-            expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            expires_at: now.saturating_add(ttl_ms),
             release_reason: None,
             created_at: now,
             updated_at: now,
@@ -585,10 +626,7 @@ impl Inventory {
             }
             let existing = self.reservation(&order_id).await?;
             if existing.lines != lines {
-                return Err(ApiError::Conflict(format!(
-                    "order {order_id} already holds a reservation with other lines"
-                ))
-                .into());
+                return Err(other_lines(&order_id).into());
             }
             return Ok(existing);
         }
@@ -642,11 +680,7 @@ impl Inventory {
             Self::signal(&mut tx, &line.sku, &before, after, ctx).await?;
         }
         let reservation = Reservation::from_row(row, lines)?;
-        let data = json!({
-            "reservation_id": reservation.id, "order_id": order_id, "lines": reservation.lines,
-            "expires_at": platform::clock::rfc3339(reservation.expires_at),
-        });
-        Self::emit(&mut tx, RESERVED, &order_id, data, ctx).await?;
+        outbox::enqueue(&mut tx, &reserved_event(&reservation, ctx)).await?;
         self.commit_tx(tx).await?;
         Ok(reservation)
     }
@@ -711,6 +745,29 @@ impl Inventory {
         ctx: Context<'_>,
     ) -> Result<Reservation, ApiError> {
         let order_id = parse_order_id(order_id)?;
+        let batched = self
+            .batched(|reply| batch::Command::Finish {
+                order_id: order_id.clone(),
+                to,
+                reason,
+                who: Who::of(ctx),
+                reply,
+            })
+            .await;
+        match batched {
+            Some(result) => result,
+            None => self.finish_alone(order_id, to, reason, ctx).await,
+        }
+    }
+
+    /// [`Inventory::finish`] in a transaction of its own.
+    async fn finish_alone(
+        &self,
+        order_id: String,
+        to: ReservationStatus,
+        reason: Option<ReleaseReason>,
+        ctx: Context<'_>,
+    ) -> Result<Reservation, ApiError> {
         let now = self.now();
         let mut tx = self.db.begin().await?;
         let reason_text = reason.map(ReleaseReason::as_str);
@@ -720,10 +777,7 @@ impl Inventory {
             return match existing {
                 None => Err(ApiError::not_found("reservation")),
                 Some(row) if row.status == to.as_str() => self.reservation(&order_id).await,
-                Some(row) => Err(ApiError::Conflict(format!(
-                    "the reservation of order {order_id} is already {}",
-                    row.status
-                ))),
+                Some(row) => Err(already_finished(&order_id, &row.status)),
             };
         };
         let lines = store::lines_in(&mut tx, &row.id).await?;
@@ -754,10 +808,7 @@ impl Inventory {
                 reserved_delta: -line.quantity,
             });
         }
-        let (event, data) = match to {
-            ReservationStatus::Committed => (COMMITTED, json!({})),
-            _ => (RELEASED, json!({ "reason": reason_text })),
-        };
+        let (event, data) = finish_event_data(to, reason_text);
         let moves = Moves {
             reservation: &row,
             lines: &lines,
@@ -778,7 +829,7 @@ impl Inventory {
         tx: &mut Tx,
         moves: Moves<'_>,
         event: &str,
-        mut data: serde_json::Value,
+        data: serde_json::Value,
         ctx: Context<'_>,
     ) -> Result<(), ApiError> {
         let order_id = moves.reservation.order_id.as_str();
@@ -806,10 +857,7 @@ impl Inventory {
             };
             Self::signal(tx, &moved.line.sku, &before, &moved.after, ctx).await?;
         }
-        data["reservation_id"] = json!(moves.reservation.id);
-        data["order_id"] = json!(order_id);
-        data["lines"] = json!(moves.lines);
-        Self::emit(tx, event, order_id, data, ctx).await?;
+        outbox::enqueue(tx, &moved_event(event, data, moves.reservation, moves.lines, ctx)).await?;
         Ok(())
     }
 
@@ -973,6 +1021,89 @@ impl Inventory {
             violations: store::violations(self.db.reader()).await?,
         })
     }
+}
+
+/// An event of this service.
+fn event(kind: &str, subject: &str, data: serde_json::Value, ctx: Context<'_>) -> Event {
+    Event::new(SERVICE, kind, subject, data, ctx.correlation_id)
+}
+
+/// The events a change of `sku` from `before` to `after` announces, and the new value of its
+/// alerted flag when that changes.
+pub(crate) fn signal_events(
+    sku: &str,
+    before: &Levels,
+    after: &Levels,
+    product_id: Option<&str>,
+    ctx: Context<'_>,
+) -> (Vec<Event>, Option<bool>) {
+    let signals = domain::signals(before, after);
+    let mut events = Vec::new();
+    if let Some(available) = signals.availability_changed {
+        let data = json!({"sku": sku, "available": available});
+        events.push(event(AVAILABILITY_CHANGED, sku, data, ctx));
+    }
+    if signals.low_stock {
+        let data = json!({
+            "sku": sku, "product_id": product_id, "available": after.available(),
+            "on_hand": after.on_hand, "threshold": after.low_stock_threshold,
+        });
+        events.push(event(LOW_STOCK, sku, data, ctx));
+    }
+    (events, signals.alerted)
+}
+
+/// `inventory.reserved` for a new reservation.
+pub(crate) fn reserved_event(reservation: &Reservation, ctx: Context<'_>) -> Event {
+    let data = json!({
+        "reservation_id": reservation.id, "order_id": reservation.order_id, "lines": reservation.lines,
+        "expires_at": platform::clock::rfc3339(reservation.expires_at),
+    });
+    event(RESERVED, &reservation.order_id, data, ctx)
+}
+
+/// The event of a finished reservation and what it says beyond the reservation.
+fn finish_event_data(to: ReservationStatus, reason: Option<&str>) -> (&'static str, serde_json::Value) {
+    match to {
+        ReservationStatus::Committed => (COMMITTED, json!({})),
+        _ => (RELEASED, json!({ "reason": reason })),
+    }
+}
+
+/// `inventory.committed` or `inventory.released` for a reservation finished as `to`.
+pub(crate) fn finished_event(
+    reservation: &ReservationRow,
+    lines: &[Line],
+    to: ReservationStatus,
+    reason: Option<&str>,
+    ctx: Context<'_>,
+) -> Event {
+    let (kind, data) = finish_event_data(to, reason);
+    moved_event(kind, data, reservation, lines, ctx)
+}
+
+/// `kind` with `data` plus the reservation, its order and its lines.
+fn moved_event(
+    kind: &str,
+    mut data: serde_json::Value,
+    reservation: &ReservationRow,
+    lines: &[Line],
+    ctx: Context<'_>,
+) -> Event {
+    data["reservation_id"] = json!(reservation.id);
+    data["order_id"] = json!(reservation.order_id);
+    data["lines"] = json!(lines);
+    event(kind, &reservation.order_id, data, ctx)
+}
+
+/// 409: the order's reservation holds other lines than a second reserve asks for.
+pub(crate) fn other_lines(order_id: &str) -> ApiError {
+    ApiError::Conflict(format!("order {order_id} already holds a reservation with other lines"))
+}
+
+/// 409: the order's reservation was already committed or released (`status`).
+pub(crate) fn already_finished(order_id: &str, status: &str) -> ApiError {
+    ApiError::Conflict(format!("the reservation of order {order_id} is already {status}"))
 }
 
 fn stale() -> ApiError {

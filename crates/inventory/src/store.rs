@@ -4,8 +4,8 @@
 //! the database checks the rule and applies the change atomically, so there is no
 //! read-then-write race and no lock service. A `CHECK` on the table is the last line of defence.
 
-use platform::store::{placeholders, Migration, Tx};
-use sqlx::{AnyPool, FromRow};
+use platform::store::{placeholders, value_rows, Migration, Tx, ROWS_PER_STATEMENT};
+use sqlx::{AnyPool, FromRow, Row};
 
 use crate::domain::{Levels, Line, Movement};
 
@@ -191,6 +191,74 @@ pub async fn stocks(pool: &AnyPool, skus: &[String]) -> Result<Vec<StockRow>, sq
         query = query.bind(sku);
     }
     query.fetch_all(pool).await
+}
+
+/// The rows of the given SKUs inside a transaction, in SKU order. With `lock` (PostgreSQL),
+/// each row is locked as it is read, so in SKU order, the order every writer of several rows
+/// follows: two such transactions never wait on each other in opposite orders.
+pub async fn stocks_in(tx: &mut Tx, skus: &[String], lock: bool) -> Result<Vec<StockRow>, sqlx::Error> {
+    let mut rows = Vec::with_capacity(skus.len());
+    for chunk in skus.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT {STOCK_COLUMNS} FROM stock WHERE sku IN ({}) ORDER BY sku{}",
+            placeholders(1, chunk.len()),
+            if lock { " FOR UPDATE" } else { "" }
+        );
+        let mut query = sqlx::query_as(&sql);
+        for sku in chunk {
+            query = query.bind(sku);
+        }
+        rows.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(rows)
+}
+
+/// New levels for a SKU, to be written only if the row still holds the old ones.
+#[derive(Debug, Clone)]
+pub struct LevelChange {
+    pub sku: String,
+    pub from: Levels,
+    pub to: Levels,
+}
+
+/// Writes each SKU's new levels where the row still holds its old ones (a compare-and-set, in
+/// one statement per few hundred SKUs). Answers how many rows it changed: fewer than
+/// `changes.len()` means some row moved meanwhile, and the caller must not keep the rest.
+pub async fn set_levels_unchanged_since(tx: &mut Tx, changes: &[LevelChange], now: i64) -> Result<u64, sqlx::Error> {
+    let mut changed = 0;
+    for chunk in changes.chunks(ROWS_PER_STATEMENT) {
+        let picks: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = |k: usize| 7 * i + k + 2;
+                format!(
+                    "SELECT CAST(${} AS TEXT) AS sku, CAST(${} AS BIGINT) AS on_hand, CAST(${} AS BIGINT) AS reserved, \
+                     CAST(${} AS BIGINT) AS alerted, CAST(${} AS BIGINT) AS old_on_hand, \
+                     CAST(${} AS BIGINT) AS old_reserved, CAST(${} AS BIGINT) AS old_alerted",
+                    p(0), p(1), p(2), p(3), p(4), p(5), p(6)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "UPDATE stock SET on_hand = q.on_hand, reserved = q.reserved, low_stock_alerted = q.alerted, updated_at = $1
+             FROM ({}) AS q
+             WHERE stock.sku = q.sku AND stock.on_hand = q.old_on_hand AND stock.reserved = q.old_reserved
+               AND stock.low_stock_alerted = q.old_alerted",
+            picks.join(" UNION ALL ")
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for change in chunk {
+            query = query
+                .bind(&change.sku)
+                .bind(change.to.on_hand)
+                .bind(change.to.reserved)
+                .bind(i64::from(change.to.low_stock_alerted))
+                .bind(change.from.on_hand)
+                .bind(change.from.reserved)
+                .bind(i64::from(change.from.low_stock_alerted));
+        }
+        changed += query.execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(changed)
 }
 
 /// Which stock rows an admin list shows.
@@ -485,32 +553,28 @@ pub async fn record(tx: &mut Tx, entry: Entry<'_>) -> Result<(), sqlx::Error> {
 
 /// Writes several ledger entries in one statement (a reservation's lines).
 pub async fn record_all(tx: &mut Tx, entries: &[Entry<'_>]) -> Result<(), sqlx::Error> {
-    if entries.is_empty() {
-        return Ok(());
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO stock_ledger (sku, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
+               reason, reference, actor, created_at) VALUES {}",
+            value_rows(chunk.len(), 10)
+        );
+        let mut query = sqlx::query(&sql);
+        for entry in chunk {
+            query = query
+                .bind(entry.sku)
+                .bind(entry.kind.as_str())
+                .bind(entry.on_hand_delta)
+                .bind(entry.reserved_delta)
+                .bind(entry.after.on_hand)
+                .bind(entry.after.reserved)
+                .bind(entry.reason)
+                .bind(entry.reference)
+                .bind(entry.actor)
+                .bind(entry.at);
+        }
+        query.execute(&mut **tx).await?;
     }
-    let rows: Vec<String> = (0..entries.len())
-        .map(|i| format!("({})", placeholders(i * 10 + 1, 10)))
-        .collect();
-    let sql = format!(
-        "INSERT INTO stock_ledger (sku, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
-           reason, reference, actor, created_at) VALUES {}",
-        rows.join(", ")
-    );
-    let mut query = sqlx::query(&sql);
-    for entry in entries {
-        query = query
-            .bind(entry.sku)
-            .bind(entry.kind.as_str())
-            .bind(entry.on_hand_delta)
-            .bind(entry.reserved_delta)
-            .bind(entry.after.on_hand)
-            .bind(entry.after.reserved)
-            .bind(entry.reason)
-            .bind(entry.reference)
-            .bind(entry.actor)
-            .bind(entry.at);
-    }
-    query.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -544,39 +608,112 @@ const RESERVATION_COLUMNS: &str = "id, order_id, status, expires_at, release_rea
 
 /// Inserts an active reservation; a unique violation means the order already has one.
 pub async fn insert_reservation(tx: &mut Tx, r: &ReservationRow) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    ))
-    .bind(&r.id)
-    .bind(&r.order_id)
-    .bind(&r.status)
-    .bind(r.expires_at)
-    .bind(&r.release_reason)
-    .bind(r.created_at)
-    .bind(r.updated_at)
-    .execute(&mut **tx)
-    .await?;
+    insert_reservations(tx, std::slice::from_ref(r)).await
+}
+
+/// Inserts reservations, a few hundred to a statement; a unique violation means an order
+/// already has one.
+pub async fn insert_reservations(tx: &mut Tx, reservations: &[ReservationRow]) -> Result<(), sqlx::Error> {
+    for chunk in reservations.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES {}",
+            value_rows(chunk.len(), 7)
+        );
+        let mut query = sqlx::query(&sql);
+        for r in chunk {
+            query = query
+                .bind(&r.id)
+                .bind(&r.order_id)
+                .bind(&r.status)
+                .bind(r.expires_at)
+                .bind(&r.release_reason)
+                .bind(r.created_at)
+                .bind(r.updated_at);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
 /// Writes a reservation's lines in one statement.
 pub async fn insert_lines(tx: &mut Tx, reservation_id: &str, lines: &[Line]) -> Result<(), sqlx::Error> {
-    if lines.is_empty() {
-        return Ok(());
+    let rows: Vec<(&str, &Line)> = lines.iter().map(|line| (reservation_id, line)).collect();
+    insert_lines_of(tx, &rows).await
+}
+
+/// Writes the lines of several reservations, as (reservation id, line), a few hundred to a
+/// statement.
+pub async fn insert_lines_of(tx: &mut Tx, lines: &[(&str, &Line)]) -> Result<(), sqlx::Error> {
+    for chunk in lines.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO reservation_lines (reservation_id, sku, quantity) VALUES {}",
+            value_rows(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(&sql);
+        for (reservation_id, line) in chunk {
+            query = query.bind(*reservation_id).bind(&line.sku).bind(line.quantity);
+        }
+        query.execute(&mut **tx).await?;
     }
-    let rows: Vec<String> = (0..lines.len())
-        .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
-        .collect();
-    let sql = format!(
-        "INSERT INTO reservation_lines (reservation_id, sku, quantity) VALUES {}",
-        rows.join(", ")
-    );
-    let mut query = sqlx::query(&sql);
-    for line in lines {
-        query = query.bind(reservation_id).bind(&line.sku).bind(line.quantity);
-    }
-    query.execute(&mut **tx).await?;
     Ok(())
+}
+
+/// The reservations of the given orders with their lines, one row per line (a reservation
+/// without lines gives one row and `None`), in order-id and SKU order, inside a transaction.
+/// With `lock` (PostgreSQL), the reservation rows are locked as they are read.
+pub async fn reservations_with_lines_in(
+    tx: &mut Tx,
+    order_ids: &[String],
+    lock: bool,
+) -> Result<Vec<(ReservationRow, Option<Line>)>, sqlx::Error> {
+    let mut rows = Vec::with_capacity(order_ids.len());
+    for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT r.id, r.order_id, r.status, r.expires_at, r.release_reason, r.created_at, r.updated_at,
+               l.sku, l.quantity
+             FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id
+             WHERE r.order_id IN ({}) ORDER BY r.order_id, l.sku{}",
+            placeholders(1, chunk.len()),
+            if lock { " FOR UPDATE OF r" } else { "" }
+        );
+        let mut query = sqlx::query(&sql);
+        for order_id in chunk {
+            query = query.bind(order_id);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let reservation = ReservationRow::from_row(&row)?;
+            let sku: Option<String> = row.try_get("sku")?;
+            let quantity: Option<i64> = row.try_get("quantity")?;
+            let line = sku.zip(quantity).map(|(sku, quantity)| Line { sku, quantity });
+            rows.push((reservation, line));
+        }
+    }
+    Ok(rows)
+}
+
+/// Moves the given reservations (by id) to `status` where they are still active. Answers how
+/// many it moved: fewer than `ids.len()` means one was finished meanwhile.
+pub async fn finish_reservations(
+    tx: &mut Tx,
+    ids: &[&str],
+    status: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut moved = 0;
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE reservations SET status = $1, release_reason = $2, updated_at = $3
+             WHERE status = 'active' AND id IN ({})",
+            placeholders(4, chunk.len())
+        );
+        let mut query = sqlx::query(&sql).bind(status).bind(reason).bind(now);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        moved += query.execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(moved)
 }
 
 pub async fn reservation(pool: &AnyPool, order_id: &str) -> Result<Option<ReservationRow>, sqlx::Error> {
@@ -641,24 +778,26 @@ pub async fn lines_in(tx: &mut Tx, reservation_id: &str) -> Result<Vec<Line>, sq
 
 /// The lines of several reservations, by reservation id, each in SKU order.
 pub async fn lines_of(pool: &AnyPool, reservation_ids: &[String]) -> Result<Vec<(String, Line)>, sqlx::Error> {
-    if reservation_ids.is_empty() {
-        return Ok(Vec::new());
+    let mut lines = Vec::new();
+    for chunk in reservation_ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT reservation_id, sku, quantity FROM reservation_lines WHERE reservation_id IN ({})
+             ORDER BY reservation_id, sku",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String, i64)>(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        lines.extend(
+            query
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|(id, sku, quantity)| (id, Line { sku, quantity })),
+        );
     }
-    let sql = format!(
-        "SELECT reservation_id, sku, quantity FROM reservation_lines WHERE reservation_id IN ({})
-         ORDER BY reservation_id, sku",
-        placeholders(1, reservation_ids.len())
-    );
-    let mut query = sqlx::query_as::<_, (String, String, i64)>(&sql);
-    for id in reservation_ids {
-        query = query.bind(id);
-    }
-    Ok(query
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|(id, sku, quantity)| (id, Line { sku, quantity }))
-        .collect())
+    Ok(lines)
 }
 
 /// Orders whose active reservations expired at or before `now`, oldest first.

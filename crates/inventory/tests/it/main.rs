@@ -15,9 +15,9 @@ use platform::store::Db;
 use platform::testing::tempfile_guard::TempDir;
 
 macro_rules! suite {
-    ($backend:ident, $open:ident) => {
+    ($backend:ident, $open:ident, $batch:expr) => {
         mod $backend {
-            suite!(@tests $open;
+            suite!(@tests $open, $batch;
                 a_reservation_takes_every_line_or_none,
                 lines_of_one_sku_are_summed_before_reserving,
                 commit_and_release_are_idempotent_and_final,
@@ -34,14 +34,17 @@ macro_rules! suite {
                 flash_sale_of_bundles_sells_exactly_the_stock,
                 an_order_paid_after_its_reservation_expired_takes_free_units_or_is_unfillable,
                 kept_levels_follow_every_write,
+                concurrent_duplicates_of_a_command_have_one_effect,
+                a_command_that_breaks_its_batch_does_not_undo_the_others,
+                admin_changes_interleave_with_reservations,
             );
         }
     };
-    (@tests $open:ident; $($test:ident),+ $(,)?) => {
+    (@tests $open:ident, $batch:expr; $($test:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
-                match super::$open().await {
+                match super::$open($batch).await {
                     Some(fixture) => super::$test(fixture).await,
                     None => eprintln!("skipped: {} is not set", platform::testing::POSTGRES_URL_VAR),
                 }
@@ -50,8 +53,12 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite, open_sqlite);
-suite!(postgres, open_postgres);
+// Every test runs with reservations written in batches (the default) and with a transaction
+// per command.
+suite!(sqlite, open_sqlite, true);
+suite!(postgres, open_postgres, true);
+suite!(sqlite_alone, open_sqlite, false);
+suite!(postgres_alone, open_postgres, false);
 
 pub struct Fixture {
     inventory: Arc<Inventory>,
@@ -60,7 +67,7 @@ pub struct Fixture {
     _dir: Option<TempDir>,
 }
 
-async fn fixture(db: Db, dir: Option<TempDir>) -> Fixture {
+async fn fixture(db: Db, dir: Option<TempDir>, batch: bool) -> Fixture {
     db.migrate("platform", PLATFORM_MIGRATIONS)
         .await
         .expect("platform migrations");
@@ -69,7 +76,11 @@ async fn fixture(db: Db, dir: Option<TempDir>) -> Fixture {
         .expect("inventory migrations");
     let clock = Arc::new(OffsetClock::default());
     let shared: SharedClock = clock.clone();
-    let inventory = Arc::new(Inventory::new(db.clone(), shared, Settings::default()));
+    let settings = Settings {
+        batch_reservations: batch,
+        ..Settings::default()
+    };
+    let inventory = Arc::new(Inventory::new(db.clone(), shared, settings));
     Fixture {
         inventory,
         clock,
@@ -78,14 +89,14 @@ async fn fixture(db: Db, dir: Option<TempDir>) -> Fixture {
     }
 }
 
-async fn open_sqlite() -> Option<Fixture> {
+async fn open_sqlite(batch: bool) -> Option<Fixture> {
     let (db, dir) = platform::testing::sqlite_db().await.expect("sqlite");
-    Some(fixture(db, Some(dir)).await)
+    Some(fixture(db, Some(dir), batch).await)
 }
 
-async fn open_postgres() -> Option<Fixture> {
+async fn open_postgres(batch: bool) -> Option<Fixture> {
     let db = platform::testing::postgres_db().await.expect("postgres")?;
-    Some(fixture(db, None).await)
+    Some(fixture(db, None, batch).await)
 }
 
 const CTX: Context<'static> = Context {
@@ -716,4 +727,144 @@ async fn flash_sale(f: &Fixture, lines: impl Fn(usize) -> Vec<Line> + Send + Syn
     done.store(true, Ordering::SeqCst);
     assert!(watcher.await.unwrap() > 0, "the watcher sampled the levels");
     sold
+}
+
+/// The same reserve, commit or release sent 20 times at once (retries of one order): one
+/// reservation, one movement of units, one event; every copy gets the same answer.
+async fn concurrent_duplicates_of_a_command_have_one_effect(f: Fixture) {
+    stock(&f, "A", 50).await;
+    stock(&f, "B", 50).await;
+    let lines = vec![line("B", 2), line("A", 3)];
+    let reserves = (0..20).map(|_| {
+        let inventory = f.inventory.clone();
+        let lines = lines.clone();
+        tokio::spawn(async move { inventory.reserve("dup", &lines, None, CTX).await })
+    });
+    let mut ids = std::collections::BTreeSet::new();
+    for reserve in reserves.collect::<Vec<_>>() {
+        let reservation = reserve
+            .await
+            .unwrap()
+            .expect("every copy is answered with the reservation");
+        assert_eq!(reservation.lines, vec![line("A", 3), line("B", 2)]);
+        ids.insert(reservation.id);
+    }
+    assert_eq!(ids.len(), 1, "one reservation: {ids:?}");
+    assert_eq!(levels(&f, "A").await, (50, 3));
+    assert_eq!(levels(&f, "B").await, (50, 2));
+    assert_eq!(events(&f, "inventory.reserved").await.len(), 1);
+
+    let commits = (0..20).map(|_| {
+        let inventory = f.inventory.clone();
+        tokio::spawn(async move { inventory.commit("dup", CTX).await })
+    });
+    for commit in commits.collect::<Vec<_>>() {
+        let committed = commit.await.unwrap().expect("every copy is answered with the commit");
+        assert_eq!(committed.status, ReservationStatus::Committed);
+    }
+    assert_eq!(levels(&f, "A").await, (47, 0), "sold once");
+    assert_eq!(levels(&f, "B").await, (48, 0));
+    assert_eq!(events(&f, "inventory.committed").await.len(), 1);
+
+    let releases = (0..20).map(|_| {
+        let inventory = f.inventory.clone();
+        tokio::spawn(async move { inventory.release("dup", ReleaseReason::Cancelled, CTX).await })
+    });
+    for release in releases.collect::<Vec<_>>() {
+        assert!(matches!(release.await.unwrap(), Err(ApiError::Conflict(_))));
+    }
+    assert!(events(&f, "inventory.released").await.is_empty());
+    assert_consistent(&f).await;
+}
+
+/// 20 commits at once, one of them of a reservation whose SKU lost its reserved units behind
+/// the service's back: that commit fails and changes nothing, the 19 others are each done
+/// exactly once, whichever commands shared a transaction.
+async fn a_command_that_breaks_its_batch_does_not_undo_the_others(f: Fixture) {
+    stock(&f, "A", 100).await;
+    stock(&f, "BROKEN", 10).await;
+    for n in 0..19 {
+        f.inventory
+            .reserve(&format!("good-{n}"), &[line("A", 1)], None, CTX)
+            .await
+            .unwrap();
+    }
+    f.inventory
+        .reserve("bad", &[line("BROKEN", 2)], None, CTX)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE stock SET reserved = 0 WHERE sku = 'BROKEN'")
+        .execute(f.db.writer())
+        .await
+        .unwrap();
+    let commits: Vec<_> = (0..20)
+        .map(|n| {
+            let inventory = f.inventory.clone();
+            let order = if n == 7 {
+                "bad".to_owned()
+            } else {
+                format!("good-{}", n - usize::from(n > 7))
+            };
+            tokio::spawn(async move { (order.clone(), inventory.commit(&order, CTX).await) })
+        })
+        .collect();
+    for commit in commits {
+        let (order, result) = commit.await.unwrap();
+        if order == "bad" {
+            assert!(matches!(result, Err(ApiError::Internal(_))), "{result:?}");
+        } else {
+            assert_eq!(result.unwrap().status, ReservationStatus::Committed, "{order}");
+        }
+    }
+    assert_eq!(levels(&f, "A").await, (81, 0), "each good commit sold its unit once");
+    assert_eq!(levels(&f, "BROKEN").await, (10, 0), "the broken commit moved nothing");
+    assert_eq!(
+        f.inventory.reservation("bad").await.unwrap().status,
+        ReservationStatus::Active
+    );
+    let committed = events(&f, "inventory.committed").await;
+    assert_eq!(committed.len(), 19);
+    assert!(committed.iter().all(|data| data["order_id"] != "bad"));
+    let ledger = f.inventory.ledger("A", None, 100).await.unwrap();
+    assert_eq!(ledger.iter().filter(|entry| entry.kind == "commit").count(), 19);
+}
+
+/// Reservations and commits of one SKU from 50 tasks while an admin adjusts it 20 times: every
+/// change counts once, and the ledger adds up to the level.
+async fn admin_changes_interleave_with_reservations(f: Fixture) {
+    stock(&f, "BUSY", 1_000).await;
+    let buyers: Vec<_> = (0..50)
+        .map(|task| {
+            let inventory = f.inventory.clone();
+            tokio::spawn(async move {
+                for n in 0..4 {
+                    let order = format!("order-{task}-{n}");
+                    inventory.reserve(&order, &[line("BUSY", 1)], None, CTX).await.unwrap();
+                    inventory.commit(&order, CTX).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let admin = {
+        let inventory = f.inventory.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let change = StockChange::Adjust {
+                    delta: 1,
+                    reason: "found one".to_owned(),
+                };
+                inventory.change_stock("BUSY", change, None, CTX).await.unwrap();
+            }
+        })
+    };
+    for buyer in buyers {
+        buyer.await.unwrap();
+    }
+    admin.await.unwrap();
+    assert_eq!(levels(&f, "BUSY").await, (1_000 + 20 - 200, 0));
+    let ledger = f.inventory.ledger("BUSY", None, 1_000).await.unwrap();
+    assert_eq!(ledger.len(), 1 + 20 + 200 + 200, "set, adjustments, reserves, commits");
+    let on_hand: i64 = ledger.iter().map(|entry| entry.on_hand_delta).sum();
+    assert_eq!(on_hand, 820, "the ledger adds up to the level");
+    assert_consistent(&f).await;
 }
