@@ -1,5 +1,6 @@
 //! The cart's consumers: product events refresh the price snapshots of every cart holding the
-//! SKU; order.paid takes what was bought out of the buyer's cart. Both are idempotent (snapshots
+//! SKU; order.paid takes what was bought out of the buyer's cart, then frees the order's hold;
+//! order.payment_failed and order.cancelled free the order's hold. Both are idempotent (snapshots
 //! are set, deductions happen once per order), so they run before the consumer's transaction and
 //! again on a redelivery.
 
@@ -114,14 +115,34 @@ struct Bought {
 impl EventHandler for ClearOnPaid {
     async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
         let paid: Paid = event.data_as()?;
-        match (paid.user_id, paid.items) {
-            (Some(user), Some(items)) => {
-                let bought: Vec<(String, i64)> = items.into_iter().map(|i| (i.sku, i.quantity)).collect();
-                self.cart.deduct_user(user, &event.subject, &bought).await?;
-            }
-            (Some(user), None) => self.cart.clear_user(user).await?,
-            (None, _) => {}
-        }
+        let Some(user) = paid.user_id else {
+            self.cart.release_hold(&event.subject).await?;
+            return Ok(());
+        };
+        let bought: Option<Vec<(String, i64)>> = paid
+            .items
+            .map(|items| items.into_iter().map(|i| (i.sku, i.quantity)).collect());
+        self.cart.bought(user, &event.subject, bought.as_deref()).await
+    }
+
+    async fn handle(&self, _tx: &mut Tx, _event: &Event) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// order.cancelled and order.payment_failed → the units the order held in the cart are free
+/// again (the customer may check them out once more).
+pub struct ReleaseHolds {
+    pub cart: Arc<Cart>,
+}
+
+/// The orders whose units go back to being free in the cart.
+pub const ENDED_ORDER_EVENTS: &[&str] = &["order.cancelled", "order.payment_failed"];
+
+#[async_trait]
+impl EventHandler for ReleaseHolds {
+    async fn prepare(&self, event: &Event) -> anyhow::Result<()> {
+        self.cart.release_hold(&event.subject).await?;
         Ok(())
     }
 

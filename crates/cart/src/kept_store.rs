@@ -18,18 +18,16 @@
 //! - the rarer one-cart operations (merging, taking, deducting an order) run on the SQL store
 //!   under the cart's lock, the cart dropped from memory before they start.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
-use platform::store::Db;
-use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock};
-
-use platform::store::placeholders;
+use platform::store::{placeholders, value_rows, Db};
+use tokio::sync::{mpsc, oneshot, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock};
 
 use crate::store::{bind_line, CartStore, IdleCart, Snapshot, SqlCartStore, StoredLine, LINE_COLUMNS};
+use crate::stripes::Stripes;
 
 /// Striped cart locks: two carts share a lock only by chance, and then only wait.
 const STRIPES: usize = 1024;
@@ -116,8 +114,7 @@ pub struct KeptCartStore {
     sql: SqlCartStore,
     ttl_ms: i64,
     carts: Carts,
-    stripes: Box<[Arc<Mutex<()>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    stripes: Stripes,
     /// Held shared by every one-cart write and load, exclusively by repricing.
     all_carts: Arc<RwLock<()>>,
     writes: mpsc::Sender<Pending>,
@@ -138,8 +135,7 @@ impl KeptCartStore {
             sql: SqlCartStore::new(db, ttl),
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
             carts,
-            stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            stripes: Stripes::new(STRIPES),
             all_carts: Arc::new(RwLock::new(())),
             writes,
         }
@@ -148,8 +144,7 @@ impl KeptCartStore {
     /// Takes the cart's locks (after every earlier change of it is written and kept).
     async fn lock(&self, cart: &str) -> Locks {
         let shared = self.all_carts.clone().read_owned().await;
-        let slot = usize::try_from(self.hasher.hash_one(cart) % STRIPES as u64).unwrap_or(0);
-        (shared, self.stripes[slot].clone().lock_owned().await)
+        (shared, self.stripes.of(cart).clone().lock_owned().await)
     }
 
     /// The cart as kept, loading it when it is not; the caller holds the cart's lock.
@@ -477,9 +472,6 @@ async fn write(db: &Db, changes: &[&Change]) -> Result<(), sqlx::Error> {
         .flat_map(|c| c.upsert.iter().map(|line| (c.cart.as_str(), line)))
         .collect();
     for chunk in lines.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(13 * i + 1, 13)))
-            .collect();
         let sql = format!(
             "INSERT INTO cart_lines ({LINE_COLUMNS}) VALUES {}
              ON CONFLICT (cart_key, sku) DO UPDATE SET product_id = excluded.product_id,
@@ -487,7 +479,7 @@ async fn write(db: &Db, changes: &[&Change]) -> Result<(), sqlx::Error> {
                unit_price = excluded.unit_price, added_price = excluded.added_price,
                currency = excluded.currency, quantity = excluded.quantity, active = excluded.active,
                added_at = excluded.added_at, updated_at = excluded.updated_at",
-            values.join(", ")
+            value_rows(chunk.len(), 13)
         );
         let mut query = sqlx::query(&sql);
         for (cart, l) in chunk {

@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod events;
+pub mod holds;
 pub mod kept_store;
 pub mod redis_store;
 pub mod service;
 pub mod store;
+mod stripes;
 
 pub use service::{Cart, Owner, Settings, SERVICE};

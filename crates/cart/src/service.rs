@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::holds;
 use crate::store::{CartStore, Snapshot, StoredLine};
+use crate::stripes::Stripes;
 
 pub const SERVICE: &str = "cart";
 pub const ABANDONED: &str = "cart.abandoned";
@@ -160,7 +162,16 @@ pub struct Cart {
     clock: SharedClock,
     settings: Settings,
     currency: String,
+    /// Holds of one cart are made one at a time (see `holds`): a lock per stripe of cart keys.
+    hold_turns: Stripes,
 }
+
+/// Stripes of [`Cart::hold_for_order`]'s locks.
+const HOLD_STRIPES: usize = 64;
+/// A hold the cart never heard the end of (its order's cancellation or payment was lost) is
+/// dropped after this long. Orders ends an unpaid order well before (twice the reservation's
+/// time to live, 30 minutes by default).
+const HOLD_TTL_MS: i64 = 24 * 3600 * 1000;
 
 impl Cart {
     pub fn new(
@@ -181,6 +192,7 @@ impl Cart {
             clock,
             settings,
             currency: currency.to_owned(),
+            hold_turns: Stripes::new(HOLD_STRIPES),
         }
     }
 
@@ -261,13 +273,6 @@ impl Cart {
     pub async fn view(&self, owner: &Owner) -> Result<CartView, ApiError> {
         let lines = self.store.lines(&owner.key(), self.now()).await?;
         self.render(lines).await
-    }
-
-    /// The cart's SKUs and quantities, oldest line first, as stored: what checkout needs (it
-    /// prices and reserves them itself, so no warnings are worked out).
-    pub async fn quantities(&self, owner: &Owner) -> Result<Vec<(String, i64)>, ApiError> {
-        let lines = self.store.lines(&owner.key(), self.now()).await?;
-        Ok(lines.into_iter().map(|l| (l.sku, l.quantity)).collect())
     }
 
     async fn render(&self, lines: Vec<StoredLine>) -> Result<CartView, ApiError> {
@@ -440,17 +445,64 @@ impl Cart {
         self.store.reprice(sku, snapshot).await
     }
 
-    /// An order was paid: the buyer's cart has been bought.
-    pub async fn clear_user(&self, user: Uuid) -> anyhow::Result<()> {
-        self.store.clear(&Owner::User(user).key()).await
+    /// What checkout buys for `order_id`: the units of the user's cart that no other order of
+    /// theirs awaiting payment holds, now held for this order until it is paid (then the cart
+    /// deducts them) or ends otherwise ([`Cart::release_hold`]). Asked again for the same order,
+    /// the same units. Empty: nothing in the cart is free.
+    pub async fn hold_for_order(&self, user: Uuid, order_id: &str) -> anyhow::Result<holds::Held> {
+        let cart = Owner::User(user).key();
+        let _turn = self.hold_turns.of(&cart).lock().await;
+        let mut tx = holds::locked(&self.db, &cart).await?;
+        let mut existing = match tx.as_mut() {
+            Some(tx) => holds::of_cart(tx, &cart).await?,
+            None => holds::of_cart(&mut *self.db.reader().acquire().await?, &cart).await?,
+        };
+        if let Some(held) = existing.remove(order_id) {
+            return Ok(held);
+        }
+        let now = self.now();
+        let lines: Vec<(String, i64)> = self
+            .store
+            .lines(&cart, now)
+            .await?
+            .into_iter()
+            .map(|line| (line.sku, line.quantity))
+            .collect();
+        let free = holds::free(&lines, &existing);
+        if !free.is_empty() {
+            match tx.as_mut() {
+                Some(tx) => holds::insert(tx, order_id, &cart, &free, now).await?,
+                None => holds::insert(&mut *self.db.writer().acquire().await?, order_id, &cart, &free, now).await?,
+            }
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        Ok(free)
     }
 
-    /// Takes what an order bought out of the buyer's cart, once per order; what was added
-    /// since stays.
-    pub async fn deduct_user(&self, user: Uuid, order_id: &str, bought: &[(String, i64)]) -> anyhow::Result<()> {
-        self.store
-            .deduct(&Owner::User(user).key(), order_id, bought, self.clock.now_ms())
-            .await
+    /// The order's units are free again (its checkout failed, its payment failed, or it was
+    /// cancelled). `false`: it held nothing.
+    pub async fn release_hold(&self, order_id: &str) -> anyhow::Result<bool> {
+        holds::delete(&self.db, order_id).await
+    }
+
+    /// The order was paid: what it bought leaves the user's cart (once per order; what was added
+    /// since stays; `None`: the whole cart, for events that do not list the items), and its hold
+    /// ends, in one turn of the cart's holds, so a checkout sees both or neither.
+    pub async fn bought(&self, user: Uuid, order_id: &str, items: Option<&[(String, i64)]>) -> anyhow::Result<()> {
+        let cart = Owner::User(user).key();
+        let _turn = self.hold_turns.of(&cart).lock().await;
+        let tx = holds::locked(&self.db, &cart).await?;
+        match items {
+            Some(bought) => self.store.deduct(&cart, order_id, bought, self.now()).await?,
+            None => self.store.clear(&cart).await?,
+        }
+        holds::delete(&self.db, order_id).await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Reports every cart idle longer than `abandoned_after` once (cart.abandoned), and deletes
@@ -499,6 +551,7 @@ impl Cart {
             self.outbox.wake();
         }
         self.store.purge_expired(now).await?;
+        holds::purge(&self.db, now.saturating_sub(HOLD_TTL_MS)).await?;
         Ok(reported)
     }
 

@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[Migration] = &[
             at BIGINT NOT NULL)",
         postgres: None,
     },
+    crate::holds::MIGRATION,
 ];
 
 /// One line as stored: the SKU, how many, and a snapshot of the product taken when it was

@@ -134,6 +134,7 @@ pub fn build_inventory(config: &Config, db: Db, clock: SharedClock) -> Inventory
         reservation_ttl: Duration::from_secs(config.inventory.reservation_ttl_secs),
         default_low_stock_threshold: config.inventory.low_stock_threshold.max(0),
         sweep_interval: Duration::from_secs(config.inventory.sweep_interval_secs.max(1)),
+        batch_reservations: config.inventory.batch_reservations,
     };
     Inventory::new(db, clock, settings)
 }
@@ -687,6 +688,11 @@ pub fn cart_consumers(cart: &Arc<Cart>) -> Vec<ConsumerSpec> {
             "cart-checkouts".to_owned(),
             Arc::new(cart::events::CheckedOut),
             &[cart::events::ORDER_CREATED],
+        ),
+        (
+            "cart-holds".to_owned(),
+            Arc::new(cart::events::ReleaseHolds { cart: cart.clone() }),
+            cart::events::ENDED_ORDER_EVENTS,
         ),
     ]
 }

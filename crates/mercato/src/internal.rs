@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use cart::Cart;
 use catalog::Catalog;
@@ -324,12 +324,17 @@ async fn release(
 
 pub fn cart(cart: Arc<Cart>) -> Router {
     Router::new()
-        .route("/internal/v1/carts/users/{user_id}/lines", get(cart_lines))
+        .route("/internal/v1/carts/users/{user_id}/holds/{order_id}", put(hold_cart))
+        .route("/internal/v1/carts/holds/{order_id}", delete(release_cart_hold))
         .with_state(cart)
 }
 
-async fn cart_lines(State(cart): State<Arc<Cart>>, Path(user): Path<Uuid>) -> Result<Json<Vec<wire::Line>>, ApiError> {
-    let lines = CartLines(cart).lines(user).await.map_err(|err| failed(&err))?;
+/// What checkout buys: the cart's free units, held for the order (idempotent per order).
+async fn hold_cart(
+    State(cart): State<Arc<Cart>>,
+    Path((user, order_id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<Vec<wire::Line>>, ApiError> {
+    let lines = CartLines(cart).hold(user, order_id).await.map_err(|err| failed(&err))?;
     Ok(Json(
         lines
             .into_iter()
@@ -339,6 +344,14 @@ async fn cart_lines(State(cart): State<Arc<Cart>>, Path(user): Path<Uuid>) -> Re
             })
             .collect(),
     ))
+}
+
+async fn release_cart_hold(State(cart): State<Arc<Cart>>, Path(order_id): Path<Uuid>) -> Result<StatusCode, ApiError> {
+    CartLines(cart)
+        .release(order_id)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(|err| failed(&err))
 }
 
 // ----- payments ------------------------------------------------------------------------------

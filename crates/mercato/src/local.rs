@@ -75,16 +75,16 @@ pub struct CartLines(pub Arc<Cart>);
 
 #[async_trait]
 impl orders::service::Carts for CartLines {
-    async fn lines(&self, user: uuid::Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
-        let lines = self
-            .0
-            .quantities(&cart::service::Owner::User(user))
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
-        Ok(lines
+    async fn hold(&self, user: uuid::Uuid, order_id: uuid::Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
+        let held = self.0.hold_for_order(user, &order_id.to_string()).await?;
+        Ok(held
             .into_iter()
             .map(|(sku, quantity)| orders::service::CartLine { sku, quantity })
             .collect())
+    }
+
+    async fn release(&self, order_id: uuid::Uuid) -> anyhow::Result<()> {
+        self.0.release_hold(&order_id.to_string()).await.map(|_| ())
     }
 }
 

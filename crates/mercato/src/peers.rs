@@ -314,12 +314,18 @@ pub struct RemoteCart(pub Arc<Peer>);
 
 #[async_trait]
 impl orders::service::Carts for RemoteCart {
-    async fn lines(&self, user: Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
-        let lines: Vec<wire::Line> = self
+    async fn hold(&self, user: Uuid, order_id: Uuid) -> anyhow::Result<Vec<orders::service::CartLine>> {
+        // Idempotent per order (the same units again), so safe to retry.
+        let response = self
             .0
-            .get(&format!("/internal/v1/carts/users/{user}/lines"))
+            .call(
+                Method::PUT,
+                &format!("/internal/v1/carts/users/{user}/holds/{order_id}"),
+                None,
+            )
             .await
             .map_err(to_anyhow)?;
+        let lines: Vec<wire::Line> = self.0.json(response).await.map_err(to_anyhow)?;
         Ok(lines
             .into_iter()
             .map(|l| orders::service::CartLine {
@@ -327,6 +333,15 @@ impl orders::service::Carts for RemoteCart {
                 quantity: l.quantity,
             })
             .collect())
+    }
+
+    async fn release(&self, order_id: Uuid) -> anyhow::Result<()> {
+        let response = self
+            .0
+            .call(Method::DELETE, &format!("/internal/v1/carts/holds/{order_id}"), None)
+            .await
+            .map_err(to_anyhow)?;
+        self.0.success(response).await.map(|_| ()).map_err(to_anyhow)
     }
 }
 

@@ -189,7 +189,15 @@ impl Orders {
             Claimed::Answered(outcome) => return Ok(outcome),
             Claimed::Mine(claim) => claim,
         };
-        let placed = self.place(user, key, &claim, checked, correlation_id).await;
+        let order_id = new_id();
+        let placed = self.place(user, key, &claim, order_id, checked, correlation_id).await;
+        if placed.is_err() {
+            // The order was refused, or cancelled on the way: what it held in the cart is free.
+            // (Its cancellation event frees it too; this is at once.)
+            if let Err(err) = self.clients.carts.release(order_id).await {
+                tracing::warn!(order_id = %order_id, error = %format!("{err:#}"), "cannot free the cart's units now; they are freed when the cart hears of the order's end");
+            }
+        }
         let outcome = match &placed {
             Ok(_) => "placed",
             Err(Placement::Recorded(..)) => "out_of_stock",
@@ -311,14 +319,15 @@ impl Orders {
         user: Uuid,
         key: &str,
         claim: &str,
+        order_id: Uuid,
         checked: Checked,
         correlation_id: Option<&str>,
     ) -> Result<(u16, serde_json::Value), Placement> {
         let clients = &self.clients;
-        let lines = clients.carts.lines(user).await.map_err(dependency("cart"))?;
+        let lines = clients.carts.hold(user, order_id).await.map_err(dependency("cart"))?;
         if lines.is_empty() {
             return Err(Placement::Refused(ApiError::Unprocessable(
-                "your cart is empty".to_owned(),
+                "your cart is empty, or everything in it is in an order awaiting payment".to_owned(),
             )));
         }
         let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
@@ -402,7 +411,6 @@ impl Orders {
             ))));
         }
 
-        let order_id = new_id();
         let id = order_id.to_string();
         let user_id = user.to_string();
         let address_json =

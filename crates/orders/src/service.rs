@@ -69,7 +69,11 @@ pub struct CartLine {
 /// The cart, as orders calls it.
 #[async_trait]
 pub trait Carts: Send + Sync {
-    async fn lines(&self, user: Uuid) -> anyhow::Result<Vec<CartLine>>;
+    /// What the order buys: the units of the user's cart that no other order of theirs awaiting
+    /// payment holds, held for `order_id` from now on (the same units when asked again).
+    async fn hold(&self, user: Uuid, order_id: Uuid) -> anyhow::Result<Vec<CartLine>>;
+    /// The order will not be placed: its units are free in the cart again.
+    async fn release(&self, order_id: Uuid) -> anyhow::Result<()>;
 }
 
 /// A SKU as the catalog sells it now: the authoritative price.

@@ -2,7 +2,7 @@
 //! number sequence, idempotency keys with their stored responses, coupons with their usage
 //! counters, and returns. Every status change is a compare-and-set on the current status.
 
-use platform::store::{placeholders, Backend, Conditions, Migration, SqlValue, Tx};
+use platform::store::{placeholders, value_rows, Backend, Conditions, Migration, SqlValue, Tx};
 use sqlx::{AnyPool, FromRow};
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -240,10 +240,10 @@ pub async fn insert_lines(tx: &mut Tx, lines: &[LineRow]) -> Result<(), sqlx::Er
     if lines.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..lines.len())
-        .map(|i| format!("({})", placeholders(i * 10 + 1, 10)))
-        .collect();
-    let sql = format!("INSERT INTO order_lines ({LINE_COLUMNS}) VALUES {}", rows.join(", "));
+    let sql = format!(
+        "INSERT INTO order_lines ({LINE_COLUMNS}) VALUES {}",
+        value_rows(lines.len(), 10)
+    );
     let mut query = sqlx::query(&sql);
     for l in lines {
         query = query
