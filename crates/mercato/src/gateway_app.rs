@@ -7,13 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use gateway::proxy::{Balance, Proxy, ProxyConfig, Route};
 use platform::auth::{HttpJwks, TokenVerifier};
 use platform::clock::SharedClock;
 use platform::config::Config;
+use platform::error::ApiError;
+use platform::http_client::ServiceClient;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::app;
@@ -156,6 +163,7 @@ impl GatewayApp {
                 }),
             )
             .route("/metrics", get(|| async { platform::telemetry::render_metrics() }))
+            .merge(dead_letters_router(&config))
             .merge(gateway::docs_router(app::openapi()));
         let edge = gateway::Edge {
             mode: gateway::EdgeMode::Gateway,
@@ -171,6 +179,160 @@ impl GatewayApp {
 
     pub fn shutdown(&self) {
         self.cancel.cancel();
+    }
+}
+
+// ----- every service's dead letters ----------------------------------------------------------
+
+/// Each service keeps the dead letters of its own consumers, in its own database. The gateway
+/// answers `GET /api/v1/admin/dead-letters` with all of them (each item naming its `service`) and
+/// sends `POST /api/v1/admin/dead-letters/{id}/replay` to the service that holds the letter.
+struct Services {
+    /// Each service with a client per instance (timeouts, retries of reads, a circuit breaker).
+    instances: Vec<(&'static str, Vec<ServiceClient>)>,
+}
+
+/// A service's answer: status, content type, body.
+type Answer = (StatusCode, Option<HeaderValue>, Bytes);
+
+impl Services {
+    /// `method path` on one instance of the service (the next when one does not answer or fails
+    /// with a 5xx), with the caller's authorization. `None`: no instance answered.
+    async fn call(
+        instances: &[ServiceClient],
+        method: Method,
+        path: &str,
+        auth: Option<&HeaderValue>,
+    ) -> Option<Answer> {
+        let auth = auth.and_then(|value| value.to_str().ok());
+        let headers: Vec<(&str, &str)> = auth.map(|value| ("authorization", value)).into_iter().collect();
+        for instance in instances {
+            match instance.call(method.clone(), path, None, &headers).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let content_type = response.headers().get(CONTENT_TYPE).cloned();
+                    match response.bytes().await {
+                        Ok(body) => return Some((status, content_type, body)),
+                        Err(err) => tracing::warn!(error = %err, "a service's answer broke off"),
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "a service did not answer"),
+            }
+        }
+        None
+    }
+}
+
+fn dead_letters_router(config: &Config) -> Router {
+    let policy = crate::peers::policy(config);
+    let services = Services {
+        instances: crate::service::SERVICES
+            .iter()
+            .map(|service| {
+                let clients = config
+                    .service_urls(service)
+                    .iter()
+                    .map(|url| ServiceClient::new(url, policy.clone()))
+                    .collect();
+                (*service, clients)
+            })
+            .collect(),
+    };
+    Router::new()
+        .route("/api/v1/admin/dead-letters", get(every_dead_letter))
+        .route("/api/v1/admin/dead-letters/{id}/replay", post(replay_where_it_is))
+        .with_state(Arc::new(services))
+}
+
+/// One page of every service's open dead letters, newest first (their ids are time-ordered
+/// UUIDs, so one cursor pages through all services). Services that did not answer are named in
+/// `unavailable`; the page holds the others'.
+async fn every_dead_letter(
+    State(services): State<Arc<Services>>,
+    _admin: platform::auth::Admin,
+    headers: HeaderMap,
+    platform::extract::Query(params): platform::extract::Query<platform::page::PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    let page = params.parse()?;
+    let mut path = format!("/api/v1/admin/dead-letters?limit={}", page.limit);
+    if let Some(key) = &page.after {
+        path.push_str(&format!("&cursor={}", platform::page::encode_cursor(key)));
+    }
+    let auth = headers.get(AUTHORIZATION);
+    let answers = futures::future::join_all(services.instances.iter().map(|(service, instances)| {
+        let path = &path;
+        async move { (*service, Services::call(instances, Method::GET, path, auth).await) }
+    }))
+    .await;
+    let mut items: Vec<Value> = Vec::new();
+    let mut more = false;
+    let mut unavailable = Vec::new();
+    for (service, answer) in answers {
+        let page = answer
+            .filter(|(status, ..)| status.is_success())
+            .and_then(|(_, _, body)| serde_json::from_slice::<Value>(body.as_ref()).ok());
+        let Some(mut page) = page else {
+            unavailable.push(service);
+            continue;
+        };
+        more |= page.get("next_cursor").is_some_and(|cursor| !cursor.is_null());
+        if let Some(found) = page.get_mut("items").and_then(Value::as_array_mut) {
+            for mut item in found.drain(..) {
+                item["service"] = json!(service);
+                items.push(item);
+            }
+        }
+    }
+    let id = |item: &Value| item["id"].as_str().unwrap_or_default().to_owned();
+    items.sort_by_key(|item| std::cmp::Reverse(id(item)));
+    let limit = page.limit as usize;
+    let next_cursor = if items.len() > limit || more {
+        items.truncate(limit);
+        items.last().map(|last| platform::page::encode_cursor(&id(last)))
+    } else {
+        None
+    };
+    let mut body = json!({ "items": items, "unavailable": unavailable });
+    if let Some(cursor) = next_cursor {
+        body["next_cursor"] = json!(cursor);
+    }
+    Ok(Json(body))
+}
+
+/// Replays a dead letter in the service that holds it: the first service that knows the id
+/// answers, as it answered.
+async fn replay_where_it_is(
+    State(services): State<Arc<Services>>,
+    _admin: platform::auth::Admin,
+    headers: HeaderMap,
+    platform::extract::Path(id): platform::extract::Path<uuid::Uuid>,
+) -> Result<axum::response::Response, ApiError> {
+    let path = format!("/api/v1/admin/dead-letters/{id}/replay");
+    let auth = headers.get(AUTHORIZATION);
+    let mut silent = Vec::new();
+    for (service, instances) in &services.instances {
+        match Services::call(instances, Method::POST, &path, auth).await {
+            Some((StatusCode::NOT_FOUND, ..)) => {}
+            Some((status, content_type, body)) => {
+                let mut response = (status, body).into_response();
+                if let Some(content_type) = content_type {
+                    response.headers_mut().insert(CONTENT_TYPE, content_type);
+                }
+                return Ok(response);
+            }
+            None => silent.push(*service),
+        }
+    }
+    if silent.is_empty() {
+        Err(ApiError::not_found("dead letter"))
+    } else {
+        Err(ApiError::Unavailable {
+            message: format!(
+                "not found in the services that answered; no answer from {}",
+                silent.join(", ")
+            ),
+            retry_after_secs: 5,
+        })
     }
 }
 

@@ -436,7 +436,132 @@ async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_pr
         assert_eq!(order.body["status"], "paid");
     }
 
+    // Live updates stream through the gateway from whichever replica it picked: the next two
+    // changes are made on one replica each, and both arrive.
+    let mut stream =
+        crate::live::SseStream::connect_at(&stack.client, &stack.url, &format!("{path}/events"), &token, None).await;
+    while stream.next(Duration::from_millis(1_500)).await.is_some() {}
+    let status = format!("/api/v1/admin/orders/{order_id}/status");
+    for (replica, next) in [("orders-1", "shipped"), ("orders-2", "delivered")] {
+        let base = format!("http://127.0.0.1:{}", stack.port_of(replica));
+        stack
+            .call(
+                &base,
+                Method::PATCH,
+                &status,
+                Some(&admin),
+                Some(json!({"status": next})),
+            )
+            .await
+            .expect(200);
+        let event = stream
+            .next_status(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("`{next}`, made on {replica}, did not come through the gateway's stream"));
+        assert_eq!(event.data["to_status"], next, "{:?}", event.data);
+    }
+
     internal_routes_answer_services_only_and_the_gateway_never_proxies_them(&stack, &customer, &token).await;
+    the_gateway_shows_and_replays_every_services_dead_letters(&stack, &admin, &token).await;
+}
+
+/// Puts a dead letter of `consumer` into a service's database: `kind` for `subject`.
+async fn dead_letter(stack: &Stack, service: &str, consumer: &str, kind: &str, subject: &str) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let event = platform::events::Event::new("orders", kind, subject, json!({"order_id": subject}), None);
+    let db = stack.db(service).await;
+    sqlx::query(
+        "INSERT INTO dead_letters (id, consumer, event_id, event_type, payload, error, attempts, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'failed in the test', 3, $6)",
+    )
+    .bind(&id)
+    .bind(consumer)
+    .bind(event.id.to_string())
+    .bind(kind)
+    .bind(event.to_json())
+    .bind(platform::clock::now_ms())
+    .execute(db.writer())
+    .await
+    .unwrap();
+    db.close().await;
+    id
+}
+
+/// (Part of the journey's test.) Each service keeps its own dead letters; the gateway lists them
+/// all, newest first, one page at a time, and replays each where it is.
+async fn the_gateway_shows_and_replays_every_services_dead_letters(stack: &Stack, admin: &str, customer: &str) {
+    let order = uuid::Uuid::now_v7().to_string();
+    let older = dead_letter(stack, "inventory", "inventory-orders", "order.cancelled", &order).await;
+    let newer = dead_letter(stack, "cart", "cart-holds", "order.cancelled", &order).await;
+
+    let all = stack
+        .get("/api/v1/admin/dead-letters", Some(admin))
+        .await
+        .expect(200)
+        .body;
+    let listed: Vec<(&str, &str)> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (item["id"].as_str().unwrap(), item["service"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(newer.as_str(), "cart"), (older.as_str(), "inventory")],
+        "{all}"
+    );
+    assert_eq!(all["unavailable"], json!([]));
+
+    let first = stack
+        .get("/api/v1/admin/dead-letters?limit=1", Some(admin))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(first["items"][0]["id"], newer.as_str());
+    let cursor = first["next_cursor"].as_str().expect("a second page").to_owned();
+    let second = stack
+        .get(
+            &format!("/api/v1/admin/dead-letters?limit=1&cursor={cursor}"),
+            Some(admin),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(second["items"][0]["id"], older.as_str());
+    assert!(second.get("next_cursor").is_none(), "{second}");
+
+    // Customers see nothing of it.
+    stack
+        .get("/api/v1/admin/dead-letters", Some(customer))
+        .await
+        .expect_problem(403);
+
+    // The cart's letter is replayed by the cart (freeing a hold the order never had succeeds).
+    let replayed = stack
+        .post(
+            &format!("/api/v1/admin/dead-letters/{newer}/replay"),
+            Some(admin),
+            json!({}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert!(replayed["replayed_at"].is_string(), "{replayed}");
+    let left = stack
+        .get("/api/v1/admin/dead-letters", Some(admin))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(left["items"].as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left["items"][0]["id"], older.as_str());
+    stack
+        .post(
+            &format!("/api/v1/admin/dead-letters/{}/replay", uuid::Uuid::now_v7()),
+            Some(admin),
+            json!({}),
+        )
+        .await
+        .expect_problem(404);
 }
 
 /// (Part of the journey's test: one stack per test run is what this machine affords.)

@@ -27,9 +27,19 @@ pub(crate) struct SseStream {
 
 impl SseStream {
     pub async fn open(app: &TestApp, path: &str, token: &str, last_event_id: Option<&str>) -> reqwest::Response {
-        let mut request = app
-            .client
-            .get(format!("{}{path}", app.url))
+        Self::open_at(&app.client, &app.url, path, token, last_event_id).await
+    }
+
+    /// [`SseStream::open`] on any server (a gateway, a replica).
+    pub async fn open_at(
+        client: &reqwest::Client,
+        base: &str,
+        path: &str,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = client
+            .get(format!("{base}{path}"))
             .bearer_auth(token)
             .header("Accept", "text/event-stream");
         if let Some(id) = last_event_id {
@@ -39,7 +49,18 @@ impl SseStream {
     }
 
     pub async fn connect(app: &TestApp, path: &str, token: &str, last_event_id: Option<&str>) -> Self {
-        let response = Self::open(app, path, token, last_event_id).await;
+        Self::connect_at(&app.client, &app.url, path, token, last_event_id).await
+    }
+
+    /// [`SseStream::connect`] on any server (a gateway, a replica).
+    pub async fn connect_at(
+        client: &reqwest::Client,
+        base: &str,
+        path: &str,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> Self {
+        let response = Self::open_at(client, base, path, token, last_event_id).await;
         assert_eq!(response.status(), 200, "{path}");
         assert!(
             response.headers()["content-type"]
