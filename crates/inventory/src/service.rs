@@ -771,8 +771,23 @@ impl Inventory {
         let now = self.now();
         let mut tx = self.db.begin().await?;
         let reason_text = reason.map(ReleaseReason::as_str);
-        let Some(row) = store::finish_reservation(&mut tx, &order_id, to.as_str(), reason_text, now).await? else {
+        let mut attempts = 0;
+        let row = loop {
+            if let Some(row) = store::finish_reservation(&mut tx, &order_id, to.as_str(), reason_text, now).await? {
+                break row;
+            }
             let existing = store::reservation_in(&mut tx, &order_id).await?;
+            attempts += 1;
+            // Active now but not when the update began: the reservation's own transaction
+            // committed in between (on PostgreSQL each statement sees what is committed when it
+            // starts). The next update sees it.
+            if existing
+                .as_ref()
+                .is_some_and(|row| row.status == ReservationStatus::Active.as_str())
+                && attempts < 3
+            {
+                continue;
+            }
             tx.rollback().await?;
             return match existing {
                 None => Err(ApiError::not_found("reservation")),

@@ -1,10 +1,16 @@
-//! The inventory's tables and queries. One SQL text serves SQLite and PostgreSQL.
+//! The inventory's tables and queries. One SQL text serves SQLite and PostgreSQL, but for a
+//! batch's writes, which PostgreSQL takes as one statement ([`write_batch`]).
 //!
 //! Every change of a stock level is one conditional `UPDATE … WHERE <the rule still holds>`:
 //! the database checks the rule and applies the change atomically, so there is no
 //! read-then-write race and no lock service. A `CHECK` on the table is the last line of defence.
 
-use platform::store::{placeholders, value_rows, Migration, Tx, ROWS_PER_STATEMENT};
+use std::collections::BTreeMap;
+
+use platform::events::Event;
+use platform::outbox;
+use platform::store::{json_values, placeholders, value_rows, Backend, Migration, Tx, ROWS_PER_STATEMENT};
+use serde_json::json;
 use sqlx::{AnyPool, FromRow, Row};
 
 use crate::domain::{Levels, Line, Movement};
@@ -193,24 +199,37 @@ pub async fn stocks(pool: &AnyPool, skus: &[String]) -> Result<Vec<StockRow>, sq
     query.fetch_all(pool).await
 }
 
-/// The rows of the given SKUs inside a transaction, in SKU order. With `lock` (PostgreSQL),
-/// each row is locked as it is read, so in SKU order, the order every writer of several rows
-/// follows: two such transactions never wait on each other in opposite orders.
-pub async fn stocks_in(tx: &mut Tx, skus: &[String], lock: bool) -> Result<Vec<StockRow>, sqlx::Error> {
-    let mut rows = Vec::with_capacity(skus.len());
-    for chunk in skus.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT {STOCK_COLUMNS} FROM stock WHERE sku IN ({}) ORDER BY sku{}",
-            placeholders(1, chunk.len()),
-            if lock { " FOR UPDATE" } else { "" }
-        );
-        let mut query = sqlx::query_as(&sql);
-        for sku in chunk {
-            query = query.bind(sku);
-        }
-        rows.extend(query.fetch_all(&mut **tx).await?);
+/// The rows of the given SKUs inside a transaction, in SKU order. On PostgreSQL each row is
+/// locked as it is read, so in SKU order, the order every writer of several rows follows: two
+/// such transactions never wait on each other in opposite orders. The SKUs are bound as one
+/// JSON array, so the statement's text (and plan) is the same for any number of them.
+pub async fn stocks_in(tx: &mut Tx, skus: &[String]) -> Result<Vec<StockRow>, sqlx::Error> {
+    let backend = backend_of(tx);
+    let sql = format!(
+        "SELECT {STOCK_COLUMNS} FROM stock WHERE sku IN ({}) ORDER BY sku{}",
+        json_values(backend, "$1"),
+        lock_clause(backend, "")
+    );
+    sqlx::query_as(&sql).bind(json_list(skus)).fetch_all(&mut **tx).await
+}
+
+/// The backend of a transaction: SQLite unless it says PostgreSQL.
+fn backend_of(tx: &mut Tx) -> Backend {
+    Backend::of(tx).unwrap_or(Backend::Sqlite)
+}
+
+/// ` FOR UPDATE[ OF tables]` on PostgreSQL, where a batch locks the rows it reads; nothing on
+/// SQLite, whose one writer holds the whole database.
+fn lock_clause(backend: Backend, of: &str) -> String {
+    match backend {
+        Backend::Postgres if of.is_empty() => " FOR UPDATE".to_owned(),
+        Backend::Postgres => format!(" FOR UPDATE OF {of}"),
+        Backend::Sqlite => String::new(),
     }
-    Ok(rows)
+}
+
+fn json_list(values: &[String]) -> String {
+    serde_json::to_string(values).expect("a list of strings is JSON")
 }
 
 /// New levels for a SKU, to be written only if the row still holds the old ones.
@@ -660,33 +679,32 @@ pub async fn insert_lines_of(tx: &mut Tx, lines: &[(&str, &Line)]) -> Result<(),
 
 /// The reservations of the given orders with their lines, one row per line (a reservation
 /// without lines gives one row and `None`), in order-id and SKU order, inside a transaction.
-/// With `lock` (PostgreSQL), the reservation rows are locked as they are read.
+/// On PostgreSQL the reservation rows are locked as they are read. Like [`stocks_in`], one
+/// statement text for any number of orders.
 pub async fn reservations_with_lines_in(
     tx: &mut Tx,
     order_ids: &[String],
-    lock: bool,
 ) -> Result<Vec<(ReservationRow, Option<Line>)>, sqlx::Error> {
+    let backend = backend_of(tx);
+    let sql = format!(
+        "SELECT r.id, r.order_id, r.status, r.expires_at, r.release_reason, r.created_at, r.updated_at,
+           l.sku, l.quantity
+         FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id
+         WHERE r.order_id IN ({}) ORDER BY r.order_id, l.sku{}",
+        json_values(backend, "$1"),
+        lock_clause(backend, "r")
+    );
     let mut rows = Vec::with_capacity(order_ids.len());
-    for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT r.id, r.order_id, r.status, r.expires_at, r.release_reason, r.created_at, r.updated_at,
-               l.sku, l.quantity
-             FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id
-             WHERE r.order_id IN ({}) ORDER BY r.order_id, l.sku{}",
-            placeholders(1, chunk.len()),
-            if lock { " FOR UPDATE OF r" } else { "" }
-        );
-        let mut query = sqlx::query(&sql);
-        for order_id in chunk {
-            query = query.bind(order_id);
-        }
-        for row in query.fetch_all(&mut **tx).await? {
-            let reservation = ReservationRow::from_row(&row)?;
-            let sku: Option<String> = row.try_get("sku")?;
-            let quantity: Option<i64> = row.try_get("quantity")?;
-            let line = sku.zip(quantity).map(|(sku, quantity)| Line { sku, quantity });
-            rows.push((reservation, line));
-        }
+    for row in sqlx::query(&sql)
+        .bind(json_list(order_ids))
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let reservation = ReservationRow::from_row(&row)?;
+        let sku: Option<String> = row.try_get("sku")?;
+        let quantity: Option<i64> = row.try_get("quantity")?;
+        let line = sku.zip(quantity).map(|(sku, quantity)| Line { sku, quantity });
+        rows.push((reservation, line));
     }
     Ok(rows)
 }
@@ -714,6 +732,168 @@ pub async fn finish_reservations(
         moved += query.execute(&mut **tx).await?.rows_affected();
     }
     Ok(moved)
+}
+
+/// A reservation a batch finishes: its id, new status and release reason.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish<'a> {
+    pub id: &'a str,
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+/// Everything one batch of reservation commands writes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchWrites<'a> {
+    /// New reservations as the batch leaves them (one it also finished goes in finished).
+    pub created: &'a [ReservationRow],
+    /// Their lines, as (reservation id, line).
+    pub lines: &'a [(&'a str, &'a Line)],
+    /// Reservations read by the batch that it finishes (each one still active, it expects).
+    pub finished: &'a [Finish<'a>],
+    /// New levels of every SKU the batch moved, each a compare-and-set on the levels read.
+    pub levels: &'a [LevelChange],
+    pub ledger: &'a [Entry<'a>],
+    pub events: &'a [Event],
+    pub now: i64,
+}
+
+/// What a batch's writes found: how many reservations were still active to finish and how
+/// many stock rows still held the levels read. Either short of what the batch expected means
+/// another writer got there first, and the caller must roll back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub finished: u64,
+    pub levels: u64,
+}
+
+/// Writes a batch inside the caller's transaction. On PostgreSQL it is one statement (a
+/// data-modifying `WITH` over rows bound as JSON arrays): one round trip, and a text that does
+/// not change with the batch's size, so it is planned once per connection. On SQLite, in
+/// process, it is a multi-row statement per table.
+pub async fn write_batch(tx: &mut Tx, writes: &BatchWrites<'_>) -> Result<BatchCounts, sqlx::Error> {
+    match backend_of(tx) {
+        Backend::Postgres => write_batch_in_one(tx, writes).await,
+        Backend::Sqlite => write_batch_per_table(tx, writes).await,
+    }
+}
+
+async fn write_batch_per_table(tx: &mut Tx, w: &BatchWrites<'_>) -> Result<BatchCounts, sqlx::Error> {
+    insert_reservations(tx, w.created).await?;
+    insert_lines_of(tx, w.lines).await?;
+    let mut by_outcome: BTreeMap<(&str, Option<&str>), Vec<&str>> = BTreeMap::new();
+    for finish in w.finished {
+        by_outcome
+            .entry((finish.status, finish.reason))
+            .or_default()
+            .push(finish.id);
+    }
+    let mut finished = 0;
+    for ((status, reason), ids) in by_outcome {
+        finished += finish_reservations(tx, &ids, status, reason, w.now).await?;
+    }
+    let levels = set_levels_unchanged_since(tx, w.levels, w.now).await?;
+    record_all(tx, w.ledger).await?;
+    outbox::enqueue_all(tx, w.events).await?;
+    Ok(BatchCounts { finished, levels })
+}
+
+async fn write_batch_in_one(tx: &mut Tx, w: &BatchWrites<'_>) -> Result<BatchCounts, sqlx::Error> {
+    let created: Vec<serde_json::Value> = w
+        .created
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id, "order_id": r.order_id, "status": r.status, "expires_at": r.expires_at,
+                "release_reason": r.release_reason, "created_at": r.created_at, "updated_at": r.updated_at,
+            })
+        })
+        .collect();
+    let lines: Vec<serde_json::Value> = w
+        .lines
+        .iter()
+        .map(|(reservation_id, line)| json!({"reservation_id": reservation_id, "sku": line.sku, "quantity": line.quantity}))
+        .collect();
+    let finished: Vec<serde_json::Value> = w
+        .finished
+        .iter()
+        .map(|f| json!({"id": f.id, "status": f.status, "release_reason": f.reason}))
+        .collect();
+    let levels: Vec<serde_json::Value> = w
+        .levels
+        .iter()
+        .map(|c| {
+            json!({
+                "sku": c.sku, "on_hand": c.to.on_hand, "reserved": c.to.reserved,
+                "alerted": i64::from(c.to.low_stock_alerted), "old_on_hand": c.from.on_hand,
+                "old_reserved": c.from.reserved, "old_alerted": i64::from(c.from.low_stock_alerted),
+            })
+        })
+        .collect();
+    let ledger: Vec<serde_json::Value> = w
+        .ledger
+        .iter()
+        .enumerate()
+        .map(|(n, e)| {
+            json!({
+                "n": n, "sku": e.sku, "kind": e.kind.as_str(), "on_hand_delta": e.on_hand_delta,
+                "reserved_delta": e.reserved_delta, "on_hand_after": e.after.on_hand,
+                "reserved_after": e.after.reserved, "reason": e.reason, "reference": e.reference,
+                "actor": e.actor, "created_at": e.at,
+            })
+        })
+        .collect();
+    let sql = format!(
+        "WITH new_reservations AS (
+           INSERT INTO reservations ({RESERVATION_COLUMNS})
+           SELECT {RESERVATION_COLUMNS} FROM json_to_recordset($1::json) AS r(id TEXT, order_id TEXT,
+             status TEXT, expires_at BIGINT, release_reason TEXT, created_at BIGINT, updated_at BIGINT)
+         ), new_lines AS (
+           INSERT INTO reservation_lines (reservation_id, sku, quantity)
+           SELECT reservation_id, sku, quantity
+           FROM json_to_recordset($2::json) AS l(reservation_id TEXT, sku TEXT, quantity BIGINT)
+         ), finished AS (
+           UPDATE reservations SET status = f.status, release_reason = f.release_reason, updated_at = $7
+           FROM json_to_recordset($3::json) AS f(id TEXT, status TEXT, release_reason TEXT)
+           WHERE reservations.id = f.id AND reservations.status = 'active'
+           RETURNING 1
+         ), levels AS (
+           UPDATE stock SET on_hand = q.on_hand, reserved = q.reserved, low_stock_alerted = q.alerted,
+             updated_at = $7
+           FROM json_to_recordset($4::json) AS q(sku TEXT, on_hand BIGINT, reserved BIGINT, alerted BIGINT,
+             old_on_hand BIGINT, old_reserved BIGINT, old_alerted BIGINT)
+           WHERE stock.sku = q.sku AND stock.on_hand = q.old_on_hand AND stock.reserved = q.old_reserved
+             AND stock.low_stock_alerted = q.old_alerted
+           RETURNING 1
+         ), ledger AS (
+           INSERT INTO stock_ledger (sku, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
+             reason, reference, actor, created_at)
+           SELECT sku, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after, reason, reference,
+             actor, created_at
+           FROM json_to_recordset($5::json) AS e(n BIGINT, sku TEXT, kind TEXT, on_hand_delta BIGINT,
+             reserved_delta BIGINT, on_hand_after BIGINT, reserved_after BIGINT, reason TEXT, reference TEXT,
+             actor TEXT, created_at BIGINT)
+           ORDER BY e.n
+         ), events AS (
+           {}
+         )
+         SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM levels) AS levels",
+        outbox::insert_json_rows("$6")
+    );
+    let row = sqlx::query(&sql)
+        .bind(serde_json::Value::Array(created).to_string())
+        .bind(serde_json::Value::Array(lines).to_string())
+        .bind(serde_json::Value::Array(finished).to_string())
+        .bind(serde_json::Value::Array(levels).to_string())
+        .bind(serde_json::Value::Array(ledger).to_string())
+        .bind(outbox::json_rows(w.events))
+        .bind(w.now)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(BatchCounts {
+        finished: row.try_get::<i64, _>("finished")? as u64,
+        levels: row.try_get::<i64, _>("levels")? as u64,
+    })
 }
 
 pub async fn reservation(pool: &AnyPool, order_id: &str) -> Result<Option<ReservationRow>, sqlx::Error> {

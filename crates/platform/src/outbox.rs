@@ -70,6 +70,39 @@ pub async fn enqueue_all(tx: &mut Tx, events: &[Event]) -> Result<(), sqlx::Erro
     Ok(())
 }
 
+/// PostgreSQL: an `INSERT` of the outbox rows bound at `param` as one JSON array (made by
+/// [`json_rows`]), in their order. It is meant for a data-modifying `WITH` that writes a
+/// service's tables and its outbox in one statement; its text does not depend on how many
+/// events there are.
+pub fn insert_json_rows(param: &str) -> String {
+    format!(
+        "INSERT INTO outbox (event_id, event_type, payload, created_at)
+         SELECT e.event_id, e.event_type, e.payload, e.created_at
+         FROM json_to_recordset({param}::json)
+           AS e(n BIGINT, event_id TEXT, event_type TEXT, payload TEXT, created_at BIGINT)
+         ORDER BY e.n"
+    )
+}
+
+/// The outbox rows of `events` as the JSON array [`insert_json_rows`] reads.
+pub fn json_rows(events: &[Event]) -> String {
+    let now = crate::clock::now_ms();
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .enumerate()
+        .map(|(n, event)| {
+            serde_json::json!({
+                "n": n,
+                "event_id": event.id.to_string(),
+                "event_type": event.kind,
+                "payload": event.to_json(),
+                "created_at": now,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
 /// The rows a relay publishes next, oldest first.
 const NEXT_BATCH: &str = "SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100";
 

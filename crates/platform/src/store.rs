@@ -296,6 +296,22 @@ pub fn value_rows(rows: usize, columns: usize) -> String {
         .join(", ")
 }
 
+/// The strings of a JSON array bound at `param` (`serde_json::to_string(&values)`), as a
+/// subquery for `IN (…)`. The SQL text is the same whatever the number of values, so the
+/// statement is prepared and planned once per connection rather than once per length.
+///
+/// ```
+/// # use platform::store::{json_values, Backend};
+/// assert_eq!(json_values(Backend::Sqlite, "$1"), "SELECT value FROM json_each($1)");
+/// assert_eq!(json_values(Backend::Postgres, "$1"), "SELECT json_array_elements_text($1::json)");
+/// ```
+pub fn json_values(backend: Backend, param: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
+        Backend::Postgres => format!("SELECT json_array_elements_text({param}::json)"),
+    }
+}
+
 /// A value bound to a query built at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlValue {

@@ -37,6 +37,7 @@ macro_rules! suite {
                 concurrent_duplicates_of_a_command_have_one_effect,
                 a_command_that_breaks_its_batch_does_not_undo_the_others,
                 admin_changes_interleave_with_reservations,
+                a_reservation_can_be_finished_by_the_batch_that_makes_it,
             );
         }
     };
@@ -866,5 +867,59 @@ async fn admin_changes_interleave_with_reservations(f: Fixture) {
     assert_eq!(ledger.len(), 1 + 20 + 200 + 200, "set, adjustments, reserves, commits");
     let on_hand: i64 = ledger.iter().map(|entry| entry.on_hand_delta).sum();
     assert_eq!(on_hand, 820, "the ledger adds up to the level");
+    assert_consistent(&f).await;
+}
+
+/// Each order's reserve and its commit (or release) sent at once, so that they often share a
+/// batch: whichever runs first, the order ends as its answers say, the stock agrees, and each
+/// event is written once.
+async fn a_reservation_can_be_finished_by_the_batch_that_makes_it(f: Fixture) {
+    stock(&f, "A", 1_000).await;
+    let pairs: Vec<_> = (0..60)
+        .map(|n| {
+            let inventory = f.inventory.clone();
+            tokio::spawn(async move {
+                let order = format!("o-{n}");
+                let lines = [line("A", 2)];
+                let reserve = inventory.reserve(&order, &lines, None, CTX);
+                let finish = async {
+                    if n % 2 == 0 {
+                        inventory.commit(&order, CTX).await
+                    } else {
+                        inventory.release(&order, ReleaseReason::Cancelled, CTX).await
+                    }
+                };
+                let (reserved, finished) = tokio::join!(reserve, finish);
+                reserved.expect("the stock covers every order");
+                (order, finished.map(|reservation| reservation.status))
+            })
+        })
+        .collect();
+    let (mut sold, mut held, mut committed, mut released) = (0, 0, 0, 0);
+    for pair in pairs {
+        let (order, finished) = pair.await.unwrap();
+        let stored = f.inventory.reservation(&order).await.unwrap();
+        match finished {
+            Ok(status) => {
+                assert_eq!(stored.status, status, "{order}");
+                if status == ReservationStatus::Committed {
+                    sold += 2;
+                    committed += 1;
+                } else {
+                    released += 1;
+                }
+            }
+            // The finish ran before the reserve: the reservation stays active.
+            Err(err) => {
+                assert!(matches!(err, ApiError::NotFound(_)), "{order}: {err:?}");
+                assert_eq!(stored.status, ReservationStatus::Active, "{order}");
+                held += 2;
+            }
+        }
+    }
+    assert_eq!(levels(&f, "A").await, (1_000 - sold, held));
+    assert_eq!(events(&f, "inventory.reserved").await.len(), 60);
+    assert_eq!(events(&f, "inventory.committed").await.len(), committed);
+    assert_eq!(events(&f, "inventory.released").await.len(), released);
     assert_consistent(&f).await;
 }
