@@ -300,7 +300,9 @@ impl Proxy {
         let route = self.route(path).ok_or(ProxyError::NoRoute)?;
         let pool = &route.pool;
         let path_and_query = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
-        let headers = upstream_headers(&parts);
+        let mut headers = upstream_headers(&parts);
+        // The upstream's request span is a child of this one (when traces are exported).
+        platform::traces::inject(&mut headers);
         let idempotent = is_idempotent(&parts.method);
         let mut body = if idempotent {
             Outgoing::Buffered(self.buffer(&parts.headers, body).await?)

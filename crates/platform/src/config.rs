@@ -53,6 +53,33 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub cluster: ClusterConfig,
     pub gateway: GatewayConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Trace export. Logs and `/metrics` are always on; traces leave the process only when an
+/// OTLP endpoint is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector's base URL (`http://collector:4318`): spans are sent to
+    /// `<url>/v1/traces` as protobuf. Unset: no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// The exported spans' `service.name`; default `mercato`, or `mercato-<service>` for
+    /// `mercato serve <service>`.
+    pub service_name: Option<String>,
+    /// The share of new traces recorded, 0.0 to 1.0; a request that arrives with a
+    /// `traceparent` follows its caller's decision.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: None,
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -521,6 +548,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             cluster: ClusterConfig::default(),
             gateway: GatewayConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

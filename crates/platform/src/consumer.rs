@@ -100,6 +100,7 @@ impl Delivery for IdempotentConsumer {
             event_id = %event.id,
             correlation_id = %correlation_id,
         );
+        crate::traces::continue_from(&span, event.traceparent.as_deref());
         let started = std::time::Instant::now();
         let outcome = crate::telemetry::with_correlation_id(
             correlation_id,

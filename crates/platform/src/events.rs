@@ -24,6 +24,11 @@ pub struct Event {
     /// Carried from the HTTP request that caused the event, through every hop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlationid: Option<String>,
+    /// The W3C trace context of the work that wrote the event (the CloudEvents
+    /// distributed-tracing extension), present while traces are exported; the consumer's span
+    /// continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub data: serde_json::Value,
 }
 
@@ -44,6 +49,7 @@ impl Event {
             time: clock::rfc3339(clock::now_ms()),
             datacontenttype: "application/json".to_owned(),
             correlationid: correlation_id.map(str::to_owned),
+            traceparent: crate::traces::current_traceparent(),
             // Serializing plain data structs cannot fail; keep a null rather than panic if one does.
             data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
         }

@@ -172,6 +172,11 @@ impl ServiceClient {
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
+            if crate::traces::exporting() {
+                let mut trace = http::HeaderMap::new();
+                crate::traces::inject(&mut trace);
+                request = request.headers(trace);
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }

@@ -23,5 +23,6 @@ pub mod sku;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
+pub mod traces;
 
 pub use error::{ApiError, ApiResult, FieldError};

@@ -9,27 +9,35 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::Instrument;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::traces::TraceExport;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
-/// Installs the global JSON log subscriber (`RUST_LOG` filters; default `info`). Idempotent.
-pub fn init_logging(json: bool) {
+/// Installs the global log subscriber, JSON or compact (`RUST_LOG` filters; default `info`),
+/// and, when trace export is on, the layer that exports spans. Idempotent.
+pub fn init_logging(json: bool, export: Option<&TraceExport>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
+    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let format = if json {
+        format
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .boxed()
     } else {
-        builder.compact().try_init()
+        format.compact().boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .with(export.map(TraceExport::layer))
+        .try_init();
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -118,6 +126,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!("request", %request_id, %correlation_id, method = %method, route = %route);
+    crate::traces::continue_from_headers(&span, request.headers());
     let mut response = CORRELATION
         .scope(correlation_id.clone(), next.run(request).instrument(span.clone()))
         .await;
