@@ -10,6 +10,7 @@ use mercato::app::{self, App, AppOptions};
 use platform::auth::Role;
 use platform::clock::SystemClock;
 use platform::config::Config;
+use platform::traces::TraceExport;
 
 /// mimalloc instead of the system allocator: searches and JSON answers allocate many small
 /// short-lived values, where glibc's malloc showed as a tenth of the CPU time in profiles.
@@ -126,16 +127,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.no_seed {
         config.catalog.seed_products = 0;
     }
-    platform::telemetry::init_logging(config.log_format != "pretty");
+    let command = cli.command.unwrap_or(Command::Run);
+    let service_name = match &command {
+        Command::Serve { service } => format!("mercato-{service}"),
+        _ => "mercato".to_owned(),
+    };
+    let export = TraceExport::start(&config.telemetry, &service_name).context("invalid telemetry settings")?;
+    platform::telemetry::init_logging(config.log_format != "pretty", export.as_ref());
     config.check_production().map_err(anyhow::Error::msg)?;
-    match cli.command.unwrap_or(Command::Run) {
+    let result = match command {
         Command::Run => run_all(config, AppOptions::default()).await,
         Command::Serve { service } => serve(config, &service).await,
         Command::Migrate { service } => migrate(&config, service.as_deref()).await,
         Command::Seed { products } => seed(&config, products).await,
         Command::Admin { task } => admin(&config, task).await,
         Command::Inventory { task } => inventory_task(&config, task).await,
+    };
+    if let Some(export) = export {
+        // The last spans go out through the runtime, which must still be running.
+        let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
     }
+    result
 }
 
 async fn run_all(config: Config, options: AppOptions) -> anyhow::Result<()> {

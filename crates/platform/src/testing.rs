@@ -182,3 +182,101 @@ impl TestTokens {
         jsonwebtoken::encode(&header, &claims, &self.key).expect("claims serialize")
     }
 }
+
+/// An OTLP/HTTP collector for tests: serves `POST /v1/traces` on a free local port, decodes
+/// each protobuf export and keeps the spans.
+#[derive(Debug, Clone)]
+pub struct OtlpCollector {
+    /// The base URL to give as `telemetry.otlp_endpoint`.
+    pub url: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+}
+
+/// A span as the collector received it; ids in lowercase hex, attributes as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ReceivedSpan {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+impl OtlpCollector {
+    pub async fn start() -> anyhow::Result<Self> {
+        use axum::routing::post;
+        let spans = std::sync::Arc::default();
+        let router = axum::Router::new()
+            .route("/v1/traces", post(collect))
+            .with_state(std::sync::Arc::clone(&spans));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(Self { url, spans })
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().map(|spans| spans.clone()).unwrap_or_default()
+    }
+}
+
+async fn collect(
+    axum::extract::State(spans): axum::extract::State<std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>>,
+    body: bytes::Bytes,
+) -> http::StatusCode {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
+    use prost::Message;
+
+    fn text(value: Option<&AnyValue>) -> String {
+        match value.and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => String::new(),
+        }
+    }
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return http::StatusCode::BAD_REQUEST;
+    };
+    let Ok(mut spans) = spans.lock() else {
+        return http::StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    for resource_spans in request.resource_spans {
+        let service = resource_spans
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name")
+            .map(|kv| text(kv.value.as_ref()))
+            .unwrap_or_default();
+        for span in resource_spans.scope_spans.into_iter().flat_map(|scope| scope.spans) {
+            spans.push(ReceivedSpan {
+                service: service.clone(),
+                name: span.name,
+                trace_id: hex(&span.trace_id),
+                span_id: hex(&span.span_id),
+                parent_span_id: hex(&span.parent_span_id),
+                attributes: span
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+                    .collect(),
+            });
+        }
+    }
+    http::StatusCode::OK
+}

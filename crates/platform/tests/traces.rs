@@ -8,13 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use http::Method;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use platform::bus::Delivery;
 use platform::config::TelemetryConfig;
 use platform::consumer::{EventHandler, IdempotentConsumer};
@@ -22,70 +19,8 @@ use platform::events::Event;
 use platform::http_client::{ClientPolicy, ServiceClient};
 use platform::outbox::PLATFORM_MIGRATIONS;
 use platform::store::Tx;
+use platform::testing::{OtlpCollector, ReceivedSpan};
 use platform::traces::TraceExport;
-use prost::Message;
-
-/// A span as the collector received it.
-#[derive(Debug, Clone)]
-struct Received {
-    service: String,
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent_span_id: String,
-    attributes: Vec<(String, String)>,
-}
-
-impl Received {
-    fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-}
-
-type Collected = Arc<Mutex<Vec<Received>>>;
-
-fn text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
-    match value.and_then(|v| v.value.as_ref()) {
-        Some(Value::StringValue(s)) => s.clone(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn collect(State(collected): State<Collected>, body: Bytes) -> &'static str {
-    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
-    let mut collected = collected.lock().unwrap();
-    for resource_spans in request.resource_spans {
-        let service = resource_spans
-            .resource
-            .iter()
-            .flat_map(|r| &r.attributes)
-            .find(|kv| kv.key == "service.name")
-            .map(|kv| text(kv.value.as_ref()))
-            .unwrap_or_default();
-        for scope in resource_spans.scope_spans {
-            for span in scope.spans {
-                collected.push(Received {
-                    service: service.clone(),
-                    name: span.name,
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent_span_id: hex(&span.parent_span_id),
-                    attributes: span
-                        .attributes
-                        .iter()
-                        .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
-                        .collect(),
-                });
-            }
-        }
-    }
-    ""
-}
 
 async fn serve(router: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -124,20 +59,14 @@ async fn a_request_its_calls_and_its_events_export_one_trace() {
     assert_eq!(quiet.traceparent, None);
     assert!(!quiet.to_json().contains("traceparent"));
 
-    let collected: Collected = Arc::default();
-    let collector = serve(
-        Router::new()
-            .route("/v1/traces", post(collect))
-            .with_state(collected.clone()),
-    )
-    .await;
+    let collector = OtlpCollector::start().await.unwrap();
     let refused = TelemetryConfig {
         otlp_endpoint: Some("collector:4318".to_owned()),
         ..TelemetryConfig::default()
     };
     assert!(TraceExport::start(&refused, "x").is_err(), "not an http URL");
     let config = TelemetryConfig {
-        otlp_endpoint: Some(format!("{collector}/")),
+        otlp_endpoint: Some(format!("{}/", collector.url)),
         ..TelemetryConfig::default()
     };
     let export = TraceExport::start(&config, "mercato-test")
@@ -189,15 +118,15 @@ async fn a_request_its_calls_and_its_events_export_one_trace() {
     consumer.deliver(&delivered).await.unwrap();
     assert_eq!(handled.lock().unwrap().len(), 1);
 
-    let wanted = |spans: &[Received]| {
+    let wanted = |spans: &[ReceivedSpan]| {
         spans.iter().filter(|s| s.name == "request").count() >= 2 && spans.iter().any(|s| s.name == "event")
     };
     let spans = platform::testing::eventually(Duration::from_secs(20), || {
         let export = export.clone();
-        let collected = collected.clone();
+        let collector = collector.clone();
         async move {
             tokio::task::spawn_blocking(move || export.flush()).await.unwrap();
-            let spans = collected.lock().unwrap().clone();
+            let spans = collector.spans();
             wanted(&spans).then_some(spans)
         }
     })

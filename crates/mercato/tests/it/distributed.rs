@@ -61,12 +61,10 @@ fn free_base() -> u16 {
         .expect("a free port range")
 }
 
-impl Stack {
-    /// The stack on the shared NATS and Redis; `None` when the test servers are not configured.
-    fn start() -> Option<Self> {
-        Self::start_with(false, &[])
-    }
+/// The trace id the journey's checkout request arrives with.
+const JOURNEY_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
+impl Stack {
     /// With `own_brokers`, the stack runs a NATS and a Redis server of its own (so a test may
     /// kill them); `settings` reach every process.
     pub(crate) fn start_with(own_brokers: bool, settings: &[(&str, &str)]) -> Option<Self> {
@@ -256,7 +254,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_process() {
     let _turn = ONE_STACK_AT_A_TIME.lock().await;
-    let Some(stack) = Stack::start() else {
+    // Every process exports its spans to this collector.
+    let collector = platform::testing::OtlpCollector::start().await.unwrap();
+    let Some(stack) = Stack::start_with(false, &[("MERCATO_TELEMETRY__OTLP_ENDPOINT", &collector.url)]) else {
         return;
     };
     let admin = stack.admin_token().await;
@@ -343,6 +343,7 @@ async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_pr
         .bearer_auth(&token)
         .header("Idempotency-Key", "distributed-1")
         .header("X-Correlation-Id", "journey-correlation-1")
+        .header("traceparent", format!("00-{JOURNEY_TRACE}-00f067aa0ba902b7-01"))
         .json(&json!({
             "payment_method": "card",
             "shipping_address": {
@@ -426,6 +427,65 @@ async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_pr
         )
         .await;
     }
+    // The checkout is one trace across the processes it crossed: the gateway's span, the
+    // orders span under it, the calls orders made to other services, and the consumers of the
+    // events it wrote, each process exporting its own spans.
+    let spans = eventually("the checkout's spans at the collector", || async {
+        let spans: Vec<_> = collector
+            .spans()
+            .into_iter()
+            .filter(|span| span.trace_id == JOURNEY_TRACE)
+            .collect();
+        let services: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+        let consumed = spans.iter().any(|s| s.name == "event");
+        ([
+            "mercato-gateway",
+            "mercato-orders",
+            "mercato-cart",
+            "mercato-inventory",
+            "mercato-payments",
+        ]
+        .iter()
+        .all(|service| services.contains(service))
+            && consumed)
+            .then_some(spans.clone())
+    })
+    .await;
+    let edge = spans
+        .iter()
+        .find(|s| s.service == "mercato-gateway" && s.name == "request")
+        .expect("the gateway's request span");
+    assert_eq!(
+        edge.parent_span_id, "00f067aa0ba902b7",
+        "the client's span is the gateway's parent"
+    );
+    let placing = spans
+        .iter()
+        .find(|s| s.service == "mercato-orders" && s.attribute("route") == Some("/api/v1/checkout"))
+        .expect("the orders request span");
+    assert_eq!(
+        placing.parent_span_id, edge.span_id,
+        "the proxied request continues the trace"
+    );
+    for service in ["mercato-inventory", "mercato-cart", "mercato-payments"] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.service == service && s.name == "request" && s.parent_span_id == placing.span_id),
+            "orders' call to {service} carries the trace: {spans:#?}"
+        );
+    }
+    // A consumer's span continues from the span that wrote its event, in another process.
+    let handling = spans.iter().find(|s| s.name == "event").unwrap();
+    let writer = spans
+        .iter()
+        .find(|s| s.span_id == handling.parent_span_id)
+        .expect("the span that wrote the event");
+    assert_ne!(writer.service, handling.service, "{writer:?} {handling:?}");
+    assert!(spans
+        .iter()
+        .all(|s| s.name != "request" || s.attribute("correlation_id") == Some("journey-correlation-1")));
+
     // Both orders replicas answer for the same order.
     for replica in ["orders-1", "orders-2"] {
         let base = format!("http://127.0.0.1:{}", stack.port_of(replica));
