@@ -44,10 +44,12 @@ pub(crate) enum Outcome<T> {
     Alone,
 }
 
-/// The actor and correlation id of a command, owned (a [`Context`] borrows them).
+/// The actor and correlation id of a command, owned (a [`Context`] borrows them), and the
+/// caller's span, inside which the command's events are made (so they carry its trace).
 pub(crate) struct Who {
     actor: Option<String>,
     correlation_id: Option<String>,
+    span: tracing::Span,
 }
 
 impl Who {
@@ -55,6 +57,7 @@ impl Who {
         Self {
             actor: ctx.actor.map(str::to_owned),
             correlation_id: ctx.correlation_id.map(str::to_owned),
+            span: tracing::Span::current(),
         }
     }
 
@@ -407,7 +410,8 @@ impl Plan {
             lines: lines.to_vec(),
         };
         let reservation = held.reservation()?;
-        self.events.push(service::reserved_event(&reservation, who.ctx()));
+        let event = who.span.in_scope(|| service::reserved_event(&reservation, who.ctx()));
+        self.events.push(event);
         self.held.insert(order_id.to_owned(), held);
         self.created.push(order_id.to_owned());
         Ok(reservation)
@@ -459,13 +463,10 @@ impl Plan {
         held.row.updated_at = self.now;
         self.finished.push(order_id.to_owned());
         let reservation = held.reservation();
-        self.events.push(service::finished_event(
-            &held.row,
-            &held.lines,
-            to,
-            reason_text,
-            who.ctx(),
-        ));
+        let event = who
+            .span
+            .in_scope(|| service::finished_event(&held.row, &held.lines, to, reason_text, who.ctx()));
+        self.events.push(event);
         Ok(reservation)
     }
 
@@ -503,8 +504,9 @@ impl Plan {
             let Some(sku) = self.stock.get_mut(&line.sku) else {
                 continue;
             };
-            let (events, alerted) =
-                service::signal_events(&line.sku, &before, &sku.now, sku.product_id.as_deref(), who.ctx());
+            let (events, alerted) = who.span.in_scope(|| {
+                service::signal_events(&line.sku, &before, &sku.now, sku.product_id.as_deref(), who.ctx())
+            });
             self.events.extend(events);
             if let Some(alerted) = alerted {
                 sku.now.low_stock_alerted = alerted;
