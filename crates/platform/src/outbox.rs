@@ -216,29 +216,27 @@ impl Outbox {
         outcome
     }
 
-    /// Publishes rows in order until one fails: the seqs published, and how many rows there
-    /// were (or the failure).
+    /// Publishes rows in order, as one batch, until one fails: the seqs published, and how
+    /// many rows there were (or the failure). A row that does not parse stops the batch there.
     async fn publish_rows(bus: &dyn Bus, rows: &[(i64, String)]) -> (Vec<i64>, anyhow::Result<usize>) {
-        let mut published = Vec::with_capacity(rows.len());
-        let mut failure = None;
-        for (seq, payload) in rows {
-            let sent = match Event::from_json(payload) {
-                Ok(event) => bus.publish(&event).await,
-                Err(err) => Err(err.into()),
-            };
-            match sent {
-                Ok(()) => published.push(*seq),
+        let mut events = Vec::with_capacity(rows.len());
+        let mut unreadable = None;
+        for (_, payload) in rows {
+            match Event::from_json(payload) {
+                Ok(event) => events.push(event),
                 Err(err) => {
-                    failure = Some(err);
+                    unreadable = Some(anyhow::Error::from(err));
                     break;
                 }
             }
         }
-        let outcome = match failure {
-            Some(err) => Err(err),
-            None => Ok(rows.len()),
+        let (published, sent) = bus.publish_all(&events).await;
+        let seqs = rows[..published].iter().map(|(seq, _)| *seq).collect();
+        let outcome = match (sent, unreadable) {
+            (Err(err), _) | (Ok(()), Some(err)) => Err(err),
+            (Ok(()), None) => Ok(rows.len()),
         };
-        (published, outcome)
+        (seqs, outcome)
     }
 
     /// One delete for what the bus has, by explicit seq: a row with a lower seq that commits

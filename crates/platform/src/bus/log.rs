@@ -217,19 +217,49 @@ impl LogBus {
     }
 }
 
+impl LogBus {
+    /// Appends events to the log in their order, in one transaction; an event id already in
+    /// the log is skipped.
+    async fn append(&self, events: &[Event]) -> Result<(), sqlx::Error> {
+        let now = crate::clock::now_ms();
+        let mut tx = self.db.begin().await?;
+        for chunk in events.chunks(crate::store::ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO bus_log (event_id, event_type, payload, published_at) VALUES {}
+                 ON CONFLICT (event_id) DO NOTHING",
+                crate::store::value_rows(chunk.len(), 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query
+                    .bind(event.id.to_string())
+                    .bind(&event.kind)
+                    .bind(event.to_json())
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+}
+
 #[async_trait]
 impl Bus for LogBus {
     async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO bus_log (event_id, event_type, payload, published_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(event.id.to_string())
-        .bind(&event.kind)
-        .bind(event.to_json())
-        .bind(crate::clock::now_ms())
-        .execute(self.db.writer())
-        .await?;
+        match self.publish_all(std::slice::from_ref(event)).await {
+            (_, Err(err)) => Err(err),
+            (_, Ok(())) => Ok(()),
+        }
+    }
+
+    /// One transaction for the whole batch: all of it is in the log, or none.
+    async fn publish_all(&self, events: &[Event]) -> (usize, anyhow::Result<()>) {
+        if events.is_empty() {
+            return (0, Ok(()));
+        }
+        if let Err(err) = self.append(events).await {
+            return (0, Err(err.into()));
+        }
         self.appended.notify_waiters();
         // The log lives in this process, so every publish to it is one this process can hand to
         // its watchers directly.
@@ -237,16 +267,15 @@ impl Bus for LogBus {
             .watchers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|w| w.wants(&event.kind))
-            .cloned()
-            .collect();
-        for watcher in watchers {
-            if let Err(err) = watcher.handler.deliver(event).await {
-                tracing::debug!(event_type = %event.kind, error = %format!("{err:#}"), "a watcher failed");
+            .clone();
+        for event in events {
+            for watcher in watchers.iter().filter(|w| w.wants(&event.kind)) {
+                if let Err(err) = watcher.handler.deliver(event).await {
+                    tracing::debug!(event_type = %event.kind, error = %format!("{err:#}"), "a watcher failed");
+                }
             }
         }
-        Ok(())
+        (events.len(), Ok(()))
     }
 
     async fn watch(&self, types: Vec<String>, handler: Arc<dyn super::Delivery>) -> anyhow::Result<()> {

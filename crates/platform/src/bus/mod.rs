@@ -18,6 +18,18 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Publishes an event; publishing the same event id twice delivers it once.
     async fn publish(&self, event: &Event) -> anyhow::Result<()>;
 
+    /// Publishes `events` in their order: how many of them, from the first, are published,
+    /// and the failure that stopped the rest (a relay deletes what was published and tries the
+    /// rest again). The buses send a batch together rather than one after the other.
+    async fn publish_all(&self, events: &[Event]) -> (usize, anyhow::Result<()>) {
+        for (published, event) in events.iter().enumerate() {
+            if let Err(err) = self.publish(event).await {
+                return (published, Err(err));
+            }
+        }
+        (events.len(), Ok(()))
+    }
+
     /// Starts delivering events whose type is in `subscription.types` (or all, for `*`) to
     /// its handler, until the bus's cancellation token fires. One subscription per group.
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()>;

@@ -154,18 +154,54 @@ impl NatsBus {
     }
 }
 
-#[async_trait]
-impl Bus for NatsBus {
-    async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+impl NatsBus {
+    /// Sends one event; the returned future resolves when the server has stored it.
+    async fn send(&self, event: &Event) -> anyhow::Result<jetstream::context::PublishAckFuture> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
         self.jetstream
             .publish_with_headers(self.subject(&event.kind), headers, event.to_json().into())
             .await
-            .context("JetStream publish failed")?
+            .context("JetStream publish failed")
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        self.send(event)
+            .await?
             .await
             .context("JetStream did not acknowledge the publish")?;
         Ok(())
+    }
+
+    /// Sends the whole batch, then waits for the acknowledgements in order: one round trip
+    /// of waiting instead of one per event. The server stores the messages in the order they
+    /// were sent; one it already has (by `Nats-Msg-Id`) is acknowledged as a duplicate.
+    async fn publish_all(&self, events: &[Event]) -> (usize, anyhow::Result<()>) {
+        let mut pending = Vec::with_capacity(events.len());
+        let mut failure = None;
+        for event in events {
+            match self.send(event).await {
+                Ok(ack) => pending.push(ack),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        let sent = pending.len();
+        for (acknowledged, ack) in pending.into_iter().enumerate() {
+            if let Err(err) = ack.await {
+                let err = anyhow::Error::new(err).context("JetStream did not acknowledge the publish");
+                return (acknowledged, Err(err));
+            }
+        }
+        match failure {
+            Some(err) => (sent, Err(err)),
+            None => (sent, Ok(())),
+        }
     }
 
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
