@@ -6,7 +6,8 @@
 //!    writer follows);
 //! 2. it decides each command in arrival order by the rules a transaction of its own follows
 //!    (all lines or none, `available >= quantity`, idempotent finishes), on the levels the
-//!    earlier commands of the batch left;
+//!    earlier commands of the batch left; a finish of a reservation the batch did not find is
+//!    left to a transaction of its own after the batch (another writer may be inserting it);
 //! 3. it writes the outcome ([`store::write_batch`]): the new reservations (as the batch leaves
 //!    them) and their lines, the finished reservations (only where still active), each touched
 //!    SKU's levels as a compare-and-set on the levels it read, the ledger, the events. On
@@ -123,6 +124,8 @@ impl Command {
 enum Answer {
     Reserved(Result<Reservation, ReserveError>),
     Finished(Result<Reservation, ApiError>),
+    /// Decided after the batch, in a transaction of its own.
+    Alone,
 }
 
 /// The task that writes batches. It ends when every sender is gone.
@@ -232,7 +235,7 @@ impl Writer {
                     reason,
                     who,
                     ..
-                } => Answer::Finished(plan.finish(order_id, *to, *reason, who)?),
+                } => plan.finish(order_id, *to, *reason, who)?,
             });
         }
 
@@ -426,16 +429,19 @@ impl Plan {
         to: ReservationStatus,
         reason: Option<ReleaseReason>,
         who: &Who,
-    ) -> anyhow::Result<Result<Reservation, ApiError>> {
+    ) -> anyhow::Result<Answer> {
+        // Not there when the batch read: either there is none, or another writer (a command
+        // running alone, another replica) is inserting it right now. The transaction of its
+        // own, after this batch, tells which.
         let Some(held) = self.held.get(order_id) else {
-            return Ok(Err(ApiError::not_found("reservation")));
+            return Ok(Answer::Alone);
         };
         if held.row.status != ReservationStatus::Active.as_str() {
-            return Ok(if held.row.status == to.as_str() {
+            return Ok(Answer::Finished(if held.row.status == to.as_str() {
                 held.reservation()
             } else {
                 Err(service::already_finished(order_id, &held.row.status))
-            });
+            }));
         }
         let lines = held.lines.clone();
         let sold = to == ReservationStatus::Committed;
@@ -467,7 +473,7 @@ impl Plan {
             .span
             .in_scope(|| service::finished_event(&held.row, &held.lines, to, reason_text, who.ctx()));
         self.events.push(event);
-        Ok(reservation)
+        Ok(Answer::Finished(reservation))
     }
 
     /// Moves each line's units by (on hand, reserved) deltas: the ledger entries first, then

@@ -792,6 +792,10 @@ impl Inventory {
             return match existing {
                 None => Err(ApiError::not_found("reservation")),
                 Some(row) if row.status == to.as_str() => self.reservation(&order_id).await,
+                Some(row) if row.status == ReservationStatus::Active.as_str() => Err(ApiError::Unavailable {
+                    message: format!("the reservation of order {order_id} kept changing; try again"),
+                    retry_after_secs: 1,
+                }),
                 Some(row) => Err(already_finished(&order_id, &row.status)),
             };
         };
