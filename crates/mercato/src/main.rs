@@ -132,7 +132,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service } => format!("mercato-{service}"),
         _ => "mercato".to_owned(),
     };
-    let export = TraceExport::start(&config.telemetry, &service_name).context("invalid telemetry settings")?;
+    // The gateway and the all-in-one server face the public; a service faces the gateway.
+    let edge = !matches!(&command, Command::Serve { service } if service != "gateway");
+    let export = TraceExport::start(&config.telemetry, &service_name, edge).context("invalid telemetry settings")?;
     platform::telemetry::init_logging(config.log_format != "pretty", export.as_ref());
     config.check_production().map_err(anyhow::Error::msg)?;
     let result = match command {

@@ -70,6 +70,11 @@ pub struct TelemetryConfig {
     /// The share of new traces recorded, 0.0 to 1.0; a request that arrives with a
     /// `traceparent` follows its caller's decision.
     pub sample_ratio: f64,
+    /// Whether the public edge (the all-in-one server, the gateway) continues the trace a
+    /// request arrives with (`traceparent`): set it when a trusted proxy or tracer sits in front.
+    /// Off, a client can neither join another trace nor force its requests to be recorded.
+    /// Services behind the gateway always continue the gateway's trace.
+    pub trust_incoming_traceparent: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -78,6 +83,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             service_name: None,
             sample_ratio: 1.0,
+            trust_incoming_traceparent: false,
         }
     }
 }

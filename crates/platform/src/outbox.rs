@@ -231,7 +231,10 @@ impl Outbox {
             }
         }
         let (published, sent) = bus.publish_all(&events).await;
-        let seqs = rows[..published].iter().map(|(seq, _)| *seq).collect();
+        let seqs = rows[..published.min(events.len())]
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect();
         let outcome = match (sent, unreadable) {
             (Err(err), _) | (Ok(()), Some(err)) => Err(err),
             (Ok(()), None) => Ok(rows.len()),

@@ -29,6 +29,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::config::TelemetryConfig;
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+static TRUST_INCOMING: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are being exported (and trace context propagated).
 pub fn exporting() -> bool {
@@ -43,9 +44,11 @@ pub struct TraceExport {
 }
 
 impl TraceExport {
-    /// Builds the exporter for `config` (`None` when no endpoint is set). Must run inside a
-    /// Tokio runtime: the exports are sent from it.
-    pub fn start(config: &TelemetryConfig, default_service: &str) -> anyhow::Result<Option<Self>> {
+    /// Builds the exporter for `config` (`None` when no endpoint is set). `edge`: this process
+    /// takes requests from the public (the all-in-one server, the gateway), so it continues an
+    /// incoming trace only when `telemetry.trust_incoming_traceparent` says so. Must run inside
+    /// a Tokio runtime: the exports are sent from it.
+    pub fn start(config: &TelemetryConfig, default_service: &str, edge: bool) -> anyhow::Result<Option<Self>> {
         let Some(endpoint) = config.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty()) else {
             return Ok(None);
         };
@@ -82,6 +85,7 @@ impl TraceExport {
             ))))
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
+        trust_incoming(!edge || config.trust_incoming_traceparent);
         EXPORTING.store(true, Ordering::Relaxed);
         Ok(Some(Self { provider }))
     }
@@ -94,7 +98,9 @@ impl TraceExport {
         tracing_opentelemetry::layer().with_tracer(self.provider.tracer("mercato"))
     }
 
-    /// Sends what is buffered now.
+    /// Sends what is buffered now. Blocks until the exporter is done, and the export runs on
+    /// the runtime: call it from a blocking thread (`tokio::task::spawn_blocking`), never from
+    /// a current-thread runtime's own thread.
     pub fn flush(&self) {
         if let Err(err) = self.provider.force_flush() {
             tracing::warn!(error = %err, "trace export flush failed");
@@ -148,9 +154,14 @@ impl opentelemetry_http::HttpClient for ExportClient {
     }
 }
 
-/// Makes `span` continue the trace named by `headers`' `traceparent`, if any.
+/// Whether requests' `traceparent` is trusted (see [`TraceExport::start`]).
+pub fn trust_incoming(trusted: bool) {
+    TRUST_INCOMING.store(trusted, Ordering::Relaxed);
+}
+
+/// Makes `span` continue the trace named by `headers`' `traceparent`, if any and trusted.
 pub fn continue_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
-    if exporting() && headers.contains_key("traceparent") {
+    if exporting() && TRUST_INCOMING.load(Ordering::Relaxed) && headers.contains_key("traceparent") {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let _ = span.set_parent(parent);
     }
@@ -166,8 +177,10 @@ pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// Writes the current span's trace context into `headers` (`traceparent`, `tracestate`),
-/// replacing any the request came with.
+/// dropping any the request came with: what goes on is this process's trace, or none.
 pub fn inject(headers: &mut http::HeaderMap) {
+    headers.remove("traceparent");
+    headers.remove("tracestate");
     if exporting() {
         let context = tracing::Span::current().context();
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));

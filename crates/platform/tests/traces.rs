@@ -64,12 +64,14 @@ async fn a_request_its_calls_and_its_events_export_one_trace() {
         otlp_endpoint: Some("collector:4318".to_owned()),
         ..TelemetryConfig::default()
     };
-    assert!(TraceExport::start(&refused, "x").is_err(), "not an http URL");
+    assert!(TraceExport::start(&refused, "x", true).is_err(), "not an http URL");
+    // The edge trusts its caller's trace context here (a tracer in front, say).
     let config = TelemetryConfig {
         otlp_endpoint: Some(format!("{}/", collector.url)),
+        trust_incoming_traceparent: true,
         ..TelemetryConfig::default()
     };
-    let export = TraceExport::start(&config, "mercato-test")
+    let export = TraceExport::start(&config, "mercato-test", true)
         .unwrap()
         .expect("an endpoint is set");
     platform::telemetry::init_logging(true, Some(&export));
@@ -162,6 +164,37 @@ async fn a_request_its_calls_and_its_events_export_one_trace() {
     );
     assert_eq!(handling.attribute("consumer"), Some("analytics"));
     assert_eq!(handling.attribute("correlation_id"), Some("corr-1"));
+
+    // By default the edge does not: a client's traceparent starts nothing, and what the
+    // edge sends on is its own trace.
+    platform::traces::trust_incoming(false);
+    let event: Event = reqwest::Client::new()
+        .get(format!("{first}/checkout"))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let traceparent = event.traceparent.expect("the event carries a trace of its own");
+    assert!(!traceparent.contains(trace_id), "{traceparent}");
+    // (Both servers live in this test's process, so the second one distrusts the first here;
+    // a service behind the gateway trusts it, which the distributed journey test checks.)
+    let edge = platform::testing::eventually(Duration::from_secs(20), || {
+        let export = export.clone();
+        let collector = collector.clone();
+        async move {
+            tokio::task::spawn_blocking(move || export.flush()).await.unwrap();
+            collector
+                .spans()
+                .into_iter()
+                .find(|s| s.trace_id != trace_id && s.attribute("route") == Some("/checkout"))
+        }
+    })
+    .await
+    .expect("the edge's span of the untrusted request, in a trace of its own");
+    assert_eq!(edge.parent_span_id, "", "a root span, not the client's child");
 
     tokio::task::spawn_blocking(move || export.shutdown()).await.unwrap();
     assert!(!platform::traces::exporting());

@@ -256,7 +256,12 @@ async fn a_checkout_journey_through_the_gateway_with_every_service_in_its_own_pr
     let _turn = ONE_STACK_AT_A_TIME.lock().await;
     // Every process exports its spans to this collector.
     let collector = platform::testing::OtlpCollector::start().await.unwrap();
-    let Some(stack) = Stack::start_with(false, &[("MERCATO_TELEMETRY__OTLP_ENDPOINT", &collector.url)]) else {
+    let settings = [
+        ("MERCATO_TELEMETRY__OTLP_ENDPOINT", collector.url.as_str()),
+        // The test is the trusted tracer in front of the gateway.
+        ("MERCATO_TELEMETRY__TRUST_INCOMING_TRACEPARENT", "true"),
+    ];
+    let Some(stack) = Stack::start_with(false, &settings) else {
         return;
     };
     let admin = stack.admin_token().await;
