@@ -86,21 +86,74 @@ impl IdempotentConsumer {
     }
 }
 
-#[async_trait]
-impl Delivery for IdempotentConsumer {
-    /// Processes the event inside a span naming the consumer, the event and its correlation id,
-    /// which every line the handler logs carries, and logs one line when it is done: a request's
-    /// correlation id can be followed from the HTTP log into every consumer it set off.
-    async fn deliver(&self, event: &Event) -> anyhow::Result<()> {
-        let correlation_id = event.correlationid.clone().unwrap_or_default();
+impl IdempotentConsumer {
+    /// The span an event is handled in: the consumer, the event and its correlation id, which
+    /// every line the handler logs carries, continuing the trace of the span that wrote it.
+    fn span_of(&self, event: &Event) -> tracing::Span {
         let span = tracing::info_span!(
             "event",
             consumer = %self.name,
             event_type = %event.kind,
             event_id = %event.id,
-            correlation_id = %correlation_id,
+            correlation_id = %event.correlationid.as_deref().unwrap_or_default(),
         );
         crate::traces::continue_from(&span, event.traceparent.as_deref());
+        span
+    }
+
+    /// [`IdempotentConsumer::process`] for several events in one transaction: every `prepare`
+    /// first, in order, then the events not processed before are recorded and handled in
+    /// order. Answers which events were applied now.
+    async fn process_all(&self, events: &[Event], spans: &[tracing::Span]) -> anyhow::Result<Vec<bool>> {
+        for (event, span) in events.iter().zip(spans) {
+            let correlation_id = event.correlationid.clone().unwrap_or_default();
+            crate::telemetry::with_correlation_id(
+                correlation_id,
+                tracing::Instrument::instrument(self.handler.prepare(event), span.clone()),
+            )
+            .await?;
+        }
+        let mut tx = self.db.begin().await?;
+        let sql = format!(
+            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {}
+             ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+            crate::store::value_rows(events.len(), 3)
+        );
+        let now = now_ms();
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for event in events {
+            query = query.bind(&self.name).bind(event.id.to_string()).bind(now);
+        }
+        let fresh: std::collections::HashSet<String> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+        let applied: Vec<bool> = events.iter().map(|e| fresh.contains(&e.id.to_string())).collect();
+        for ((event, span), applied) in events.iter().zip(spans).zip(&applied) {
+            if *applied {
+                let correlation_id = event.correlationid.clone().unwrap_or_default();
+                crate::telemetry::with_correlation_id(
+                    correlation_id,
+                    tracing::Instrument::instrument(self.handler.handle(&mut tx, event), span.clone()),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        for (event, applied) in events.iter().zip(&applied) {
+            if *applied {
+                self.handler.committed(event).await;
+            }
+        }
+        Ok(applied)
+    }
+}
+
+#[async_trait]
+impl Delivery for IdempotentConsumer {
+    /// Processes the event inside its span ([`IdempotentConsumer::span_of`]) and logs one line
+    /// when it is done: a request's correlation id can be followed from the HTTP log into every
+    /// consumer it set off.
+    async fn deliver(&self, event: &Event) -> anyhow::Result<()> {
+        let correlation_id = event.correlationid.clone().unwrap_or_default();
+        let span = self.span_of(event);
         let started = std::time::Instant::now();
         let outcome = crate::telemetry::with_correlation_id(
             correlation_id,
@@ -116,6 +169,25 @@ impl Delivery for IdempotentConsumer {
             Err(err) => tracing::warn!(error = %format!("{err:#}"), "event failed; it will be delivered again"),
         });
         outcome.map(|_| ())
+    }
+
+    /// One transaction for the batch; each event still gets its span and its log line. On an
+    /// error nothing of the batch is kept and each event goes through [`Self::deliver`].
+    async fn deliver_all(&self, events: &[Event]) -> anyhow::Result<bool> {
+        let started = std::time::Instant::now();
+        let spans: Vec<tracing::Span> = events.iter().map(|event| self.span_of(event)).collect();
+        let applied = match self.process_all(events, &spans).await {
+            Ok(applied) => applied,
+            Err(err) => {
+                tracing::debug!(consumer = %self.name, events = events.len(), error = %format!("{err:#}"), "a batch of events failed; each is delivered alone");
+                return Err(err);
+            }
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        for (span, applied) in spans.iter().zip(applied) {
+            span.in_scope(|| tracing::info!(applied, latency_ms, batch = events.len(), "event handled"));
+        }
+        Ok(true)
     }
 
     async fn dead_letter(&self, event: &Event, error: &str, attempts: u32) -> anyhow::Result<()> {

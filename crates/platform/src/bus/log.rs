@@ -34,6 +34,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 const BATCH: i64 = 200;
+/// Most events a group's handler takes in one transaction (a short hold on its database's
+/// writer).
+const TOGETHER: usize = 50;
 
 #[derive(Debug, Clone)]
 pub struct LogBus {
@@ -176,25 +179,42 @@ impl LogBus {
                     (Vec::new(), position)
                 }
             };
-            let mut complete = true;
+            let mut seqs = Vec::with_capacity(batch.len());
+            let mut events = Vec::with_capacity(batch.len());
             for (seq, payload) in &batch {
+                match Event::from_json(payload) {
+                    Ok(event) => {
+                        seqs.push(*seq);
+                        events.push(event);
+                    }
+                    Err(err) => tracing::error!(%group, seq, error = %err, "unreadable event in the log skipped"),
+                }
+            }
+            let mut complete = true;
+            'chunks: for (seqs, events) in seqs.chunks(TOGETHER).zip(events.chunks(TOGETHER)) {
                 if self.cancel.is_cancelled() {
                     complete = false;
                     break;
                 }
-                let delivered = match Event::from_json(payload) {
-                    Ok(event) => deliver_with_retries(&subscription, &event).await,
-                    Err(err) => {
-                        tracing::error!(%group, seq, error = %err, "unreadable event in the log skipped");
-                        Ok(())
-                    }
-                };
-                if let Err(err) = delivered {
-                    tracing::error!(%group, error = %format!("{err:#}"), "cannot dead-letter an event; will redeliver");
-                    complete = false;
-                    break;
+                // Together in one transaction when the handler takes batches; else, or when
+                // the batch fails, one at a time with retries and dead letters.
+                let together = events.len() > 1 && matches!(subscription.handler.deliver_all(events).await, Ok(true));
+                if together {
+                    position = seqs[seqs.len() - 1];
+                    continue;
                 }
-                position = *seq;
+                for (seq, event) in seqs.iter().zip(events) {
+                    if self.cancel.is_cancelled() {
+                        complete = false;
+                        break 'chunks;
+                    }
+                    if let Err(err) = deliver_with_retries(&subscription, event).await {
+                        tracing::error!(%group, error = %format!("{err:#}"), "cannot dead-letter an event; will redeliver");
+                        complete = false;
+                        break 'chunks;
+                    }
+                    position = *seq;
+                }
             }
             if complete {
                 position = position.max(scanned_to);

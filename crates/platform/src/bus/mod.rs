@@ -88,6 +88,13 @@ pub trait Delivery: Send + Sync {
     async fn deliver(&self, event: &Event) -> anyhow::Result<()>;
     /// Records an event that failed every attempt.
     async fn dead_letter(&self, event: &Event, error: &str, attempts: u32) -> anyhow::Result<()>;
+
+    /// Processes several events of the group together, in order and all or none: `Ok(true)`
+    /// when all are done. `Ok(false)` (this delivery does not take batches) or an `Err` leaves
+    /// every one of them to [`Delivery::deliver`], one at a time with its retries.
+    async fn deliver_all(&self, _events: &[Event]) -> anyhow::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// How often and how patiently a failing event is retried before it is dead-lettered.
