@@ -20,7 +20,7 @@
 //! costs five round trips on PostgreSQL (begin, two reads, one write, commit) and about ten
 //! statements on SQLite whatever its size, where each command alone costs about seven.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use platform::clock::SharedClock;
@@ -179,9 +179,11 @@ impl Writer {
         let orders: Vec<String> = orders.into_iter().map(str::to_owned).collect();
         let mut held: HashMap<String, Held> = HashMap::new();
         for (row, line) in store::reservations_with_lines_in(&mut tx, &orders).await? {
-            let entry = held
-                .entry(row.order_id.clone())
-                .or_insert_with(|| Held { row, lines: Vec::new() });
+            let entry = held.entry(row.order_id.clone()).or_insert_with(|| Held {
+                row,
+                lines: Vec::new(),
+                created: false,
+            });
             entry.lines.extend(line);
         }
 
@@ -251,11 +253,9 @@ impl Writer {
                 held.lines.iter().map(|line| (held.row.id.as_str(), line))
             })
             .collect();
-        let new: HashSet<&String> = plan.created.iter().collect();
         let finished: Vec<Finish<'_>> = plan
             .finished
             .iter()
-            .filter(|order| !new.contains(order))
             .map(|order| {
                 let row = &plan.held[order].row;
                 Finish {
@@ -303,6 +303,8 @@ impl Writer {
 struct Held {
     row: ReservationRow,
     lines: Vec<Line>,
+    /// Made by this batch: inserted as the batch leaves it, so never finished by an update.
+    created: bool,
 }
 
 impl Held {
@@ -368,7 +370,7 @@ struct Plan {
     stock: HashMap<String, Sku>,
     /// Orders whose reservations this batch creates, in order.
     created: Vec<String>,
-    /// Orders whose reservations this batch finishes, in order.
+    /// Orders whose reservations, read by this batch, it finishes, in order.
     finished: Vec<String>,
     ledger: Vec<Booked>,
     events: Vec<Event>,
@@ -411,6 +413,7 @@ impl Plan {
         let held = Held {
             row,
             lines: lines.to_vec(),
+            created: true,
         };
         let reservation = held.reservation()?;
         let event = who.span.in_scope(|| service::reserved_event(&reservation, who.ctx()));
@@ -467,7 +470,9 @@ impl Plan {
         held.row.status = to.as_str().to_owned();
         held.row.release_reason = reason_text.map(str::to_owned);
         held.row.updated_at = self.now;
-        self.finished.push(order_id.to_owned());
+        if !held.created {
+            self.finished.push(order_id.to_owned());
+        }
         let reservation = held.reservation();
         let event = who
             .span

@@ -62,27 +62,10 @@ impl IdempotentConsumer {
 
     /// Applies the event unless this consumer already did. Answers whether it was applied now.
     pub async fn process(&self, event: &Event) -> anyhow::Result<bool> {
-        self.handler.prepare(event).await?;
-        let mut tx = self.db.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
-             ON CONFLICT (consumer, event_id) DO NOTHING",
-        )
-        .bind(&self.name)
-        .bind(event.id.to_string())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        self.handler.handle(&mut tx, event).await?;
-        tx.commit().await?;
-        self.handler.committed(event).await;
-        Ok(true)
+        let applied = self
+            .process_all(std::slice::from_ref(event), &[tracing::Span::current()])
+            .await?;
+        Ok(applied[0])
     }
 }
 
@@ -101,17 +84,12 @@ impl IdempotentConsumer {
         span
     }
 
-    /// [`IdempotentConsumer::process`] for several events in one transaction: every `prepare`
-    /// first, in order, then the events not processed before are recorded and handled in
-    /// order. Answers which events were applied now.
+    /// Applies events in one transaction: every `prepare` first, in order, inside the event's
+    /// span, then the events not processed before are recorded and handled in order. Answers
+    /// which events were applied now.
     async fn process_all(&self, events: &[Event], spans: &[tracing::Span]) -> anyhow::Result<Vec<bool>> {
         for (event, span) in events.iter().zip(spans) {
-            let correlation_id = event.correlationid.clone().unwrap_or_default();
-            crate::telemetry::with_correlation_id(
-                correlation_id,
-                tracing::Instrument::instrument(self.handler.prepare(event), span.clone()),
-            )
-            .await?;
+            within(event, span, self.handler.prepare(event)).await?;
         }
         let mut tx = self.db.begin().await?;
         let sql = format!(
@@ -128,12 +106,7 @@ impl IdempotentConsumer {
         let applied: Vec<bool> = events.iter().map(|e| fresh.contains(&e.id.to_string())).collect();
         for ((event, span), applied) in events.iter().zip(spans).zip(&applied) {
             if *applied {
-                let correlation_id = event.correlationid.clone().unwrap_or_default();
-                crate::telemetry::with_correlation_id(
-                    correlation_id,
-                    tracing::Instrument::instrument(self.handler.handle(&mut tx, event), span.clone()),
-                )
-                .await?;
+                within(event, span, self.handler.handle(&mut tx, event)).await?;
             }
         }
         tx.commit().await?;
@@ -146,20 +119,22 @@ impl IdempotentConsumer {
     }
 }
 
+/// Runs `work` inside the event's span, with the event's correlation id as the task's (so
+/// calls it makes to other services pass it on).
+async fn within<F: std::future::Future>(event: &Event, span: &tracing::Span, work: F) -> F::Output {
+    let correlation_id = event.correlationid.clone().unwrap_or_default();
+    crate::telemetry::with_correlation_id(correlation_id, tracing::Instrument::instrument(work, span.clone())).await
+}
+
 #[async_trait]
 impl Delivery for IdempotentConsumer {
     /// Processes the event inside its span ([`IdempotentConsumer::span_of`]) and logs one line
     /// when it is done: a request's correlation id can be followed from the HTTP log into every
     /// consumer it set off.
     async fn deliver(&self, event: &Event) -> anyhow::Result<()> {
-        let correlation_id = event.correlationid.clone().unwrap_or_default();
         let span = self.span_of(event);
         let started = std::time::Instant::now();
-        let outcome = crate::telemetry::with_correlation_id(
-            correlation_id,
-            tracing::Instrument::instrument(self.process(event), span.clone()),
-        )
-        .await;
+        let outcome = within(event, &span, self.process(event)).await;
         span.in_scope(|| match &outcome {
             Ok(applied) => tracing::info!(
                 applied,

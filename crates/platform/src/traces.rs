@@ -12,12 +12,13 @@
 //!   CloudEvents distributed-tracing attribute), and the consumer's span continues it
 //!   ([`continue_from`]), so a checkout's trace runs from the request through every consumer.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
@@ -170,7 +171,7 @@ pub fn continue_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
 /// Makes `span` continue the trace of `traceparent` (an event's), if any.
 pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
     if let (true, Some(traceparent)) = (exporting(), traceparent) {
-        let carrier = One(traceparent);
+        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
         let parent = TraceContextPropagator::new().extract(&carrier);
         let _ = span.set_parent(parent);
     }
@@ -196,30 +197,7 @@ pub fn current_traceparent() -> Option<String> {
     if !context.span().span_context().is_valid() {
         return None;
     }
-    let mut carrier = Traceparent(None);
+    let mut carrier = HashMap::new();
     TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.0
-}
-
-/// A carrier of a `traceparent` alone.
-struct One<'a>(&'a str);
-
-impl Extractor for One<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        (key == "traceparent").then_some(self.0)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent"]
-    }
-}
-
-struct Traceparent(Option<String>);
-
-impl Injector for Traceparent {
-    fn set(&mut self, key: &str, value: String) {
-        if key == "traceparent" {
-            self.0 = Some(value);
-        }
-    }
+    carrier.remove("traceparent")
 }

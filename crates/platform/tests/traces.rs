@@ -29,6 +29,35 @@ async fn serve(router: Router) -> String {
     format!("http://{addr}")
 }
 
+/// `GET /checkout` on the first server as a client with `traceparent`: the event the second
+/// server wrote for it.
+async fn checkout(first: &str, traceparent: &str) -> Event {
+    reqwest::Client::new()
+        .get(format!("{first}/checkout"))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Flushes the exporter until `pick` finds what it wants among the spans the collector holds.
+async fn exported<T>(
+    export: &TraceExport,
+    collector: &OtlpCollector,
+    pick: impl Fn(Vec<ReceivedSpan>) -> Option<T>,
+) -> Option<T> {
+    let pick = &pick;
+    platform::testing::eventually(Duration::from_secs(20), || async move {
+        let export = export.clone();
+        tokio::task::spawn_blocking(move || export.flush()).await.unwrap();
+        pick(collector.spans())
+    })
+    .await
+}
+
 /// The second process: writes an event inside its request and answers it.
 async fn write_event() -> Json<Event> {
     Json(Event::new(
@@ -99,15 +128,8 @@ async fn a_request_its_calls_and_its_events_export_one_trace() {
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let event: Event = reqwest::Client::new()
-        .get(format!("{first}/checkout"))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let client_traceparent = format!("00-{trace_id}-{caller_span}-01");
+    let event = checkout(&first, &client_traceparent).await;
     let traceparent = event.traceparent.clone().expect("the event carries its trace");
     assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "{traceparent}");
 
@@ -123,17 +145,9 @@ async fn a_request_its_calls_and_its_events_export_one_trace() {
     let wanted = |spans: &[ReceivedSpan]| {
         spans.iter().filter(|s| s.name == "request").count() >= 2 && spans.iter().any(|s| s.name == "event")
     };
-    let spans = platform::testing::eventually(Duration::from_secs(20), || {
-        let export = export.clone();
-        let collector = collector.clone();
-        async move {
-            tokio::task::spawn_blocking(move || export.flush()).await.unwrap();
-            let spans = collector.spans();
-            wanted(&spans).then_some(spans)
-        }
-    })
-    .await
-    .expect("the collector receives the request spans and the event span");
+    let spans = exported(&export, &collector, |spans| wanted(&spans).then_some(spans))
+        .await
+        .expect("the collector receives the request spans and the event span");
 
     let outer = spans
         .iter()
@@ -168,29 +182,15 @@ async fn a_request_its_calls_and_its_events_export_one_trace() {
     // By default the edge does not: a client's traceparent starts nothing, and what the
     // edge sends on is its own trace.
     platform::traces::trust_incoming(false);
-    let event: Event = reqwest::Client::new()
-        .get(format!("{first}/checkout"))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let event = checkout(&first, &client_traceparent).await;
     let traceparent = event.traceparent.expect("the event carries a trace of its own");
     assert!(!traceparent.contains(trace_id), "{traceparent}");
     // (Both servers live in this test's process, so the second one distrusts the first here;
     // a service behind the gateway trusts it, which the distributed journey test checks.)
-    let edge = platform::testing::eventually(Duration::from_secs(20), || {
-        let export = export.clone();
-        let collector = collector.clone();
-        async move {
-            tokio::task::spawn_blocking(move || export.flush()).await.unwrap();
-            collector
-                .spans()
-                .into_iter()
-                .find(|s| s.trace_id != trace_id && s.attribute("route") == Some("/checkout"))
-        }
+    let edge = exported(&export, &collector, |spans| {
+        spans
+            .into_iter()
+            .find(|s| s.trace_id != trace_id && s.attribute("route") == Some("/checkout"))
     })
     .await
     .expect("the edge's span of the untrusted request, in a trace of its own");

@@ -266,10 +266,7 @@ impl LogBus {
 #[async_trait]
 impl Bus for LogBus {
     async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        match self.publish_all(std::slice::from_ref(event)).await {
-            (_, Err(err)) => Err(err),
-            (_, Ok(())) => Ok(()),
-        }
+        self.publish_all(std::slice::from_ref(event)).await.1
     }
 
     /// One transaction for the whole batch: all of it is in the log, or none.

@@ -198,10 +198,7 @@ impl Bus for NatsBus {
                 return (acknowledged, Err(err));
             }
         }
-        match failure {
-            Some(err) => (sent, Err(err)),
-            None => (sent, Ok(())),
-        }
+        (sent, failure.map_or(Ok(()), Err))
     }
 
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
