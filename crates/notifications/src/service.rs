@@ -161,12 +161,8 @@ impl Notifications {
         };
         let event_id = event.id.to_string();
         let channel = Channel::Email.as_str();
-        // Redeliveries of a done event end here, without calling the directory.
-        if let Some(row) = store::log_entry(self.db.reader(), &event_id, channel).await? {
-            if LogStatus::parse(&row.status).is_some_and(LogStatus::is_final) {
-                return Ok(EmailOutcome::AlreadyDone);
-            }
-        }
+        // The claim comes first: a redelivery of a done event ends there (`Claim::Done`),
+        // without calling the directory, and a first delivery needs no read before it.
         let user_id = user_id_of(event);
         let now = self.now();
         let id = platform::id::new_id().to_string();

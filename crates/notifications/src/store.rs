@@ -142,7 +142,7 @@ pub async fn claim(pool: &AnyPool, attempt: &NewAttempt<'_>) -> Result<Claim, sq
     let current = log_entry(pool, attempt.event_id, attempt.channel)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    Ok(if current.status == "sent" || current.status == "skipped" {
+    Ok(if crate::domain::LogStatus::parse(&current.status).is_some_and(crate::domain::LogStatus::is_final) {
         Claim::Done(current)
     } else {
         Claim::Busy(current)

@@ -587,21 +587,24 @@ impl Orders {
                 return Err(Placement::from(err));
             }
         };
-        let mut tx = self.db.begin().await?;
-        store::set_payment_id(&mut tx, &id, &started.id, self.now()).await?;
-        tx.commit().await?;
+        let mut current = store::set_payment_id(self.db.writer(), &id, &started.id, self.now())
+            .await?
+            .ok_or_else(|| Placement::Failed(ApiError::Internal(anyhow::anyhow!("order {id} vanished during checkout"))))?;
         if checked.method == "cod" {
-            self.apply(
-                &id,
-                Trigger::CashOnDeliveryConfirmed,
-                &Actor::System,
-                Some("cash on delivery"),
-                None,
-                correlation_id,
-            )
-            .await?;
+            current = self
+                .apply(
+                    &id,
+                    Trigger::CashOnDeliveryConfirmed,
+                    &Actor::System,
+                    Some("cash on delivery"),
+                    None,
+                    correlation_id,
+                )
+                .await?
+                .order;
         }
-        let order = self.view_of(self.row(&id).await?).await?;
+        // Nothing changes an order's lines during its checkout.
+        let order = OrderView::from_rows(current, line_rows)?;
         let body = serde_json::to_value(CheckoutResponse {
             order,
             payment: started,

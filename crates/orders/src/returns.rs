@@ -188,7 +188,7 @@ impl Orders {
             updated_at: now,
         };
         let mut tx = self.db.begin().await?;
-        if !store::set_status(&mut tx, &order.id, from.as_str(), to.as_str(), None, now).await? {
+        if store::set_status(&mut tx, &order.id, from.as_str(), to.as_str(), None, now).await?.is_none() {
             tx.rollback().await?;
             return Err(ApiError::Conflict("the order changed meanwhile; try again".to_owned()));
         }
@@ -328,7 +328,9 @@ impl Orders {
             let order_from = OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending);
             match domain::next(order_from, trigger) {
                 Step::Move(order_to) => {
-                    if !store::set_status(&mut tx, &order.id, order_from.as_str(), order_to.as_str(), None, now).await?
+                    if store::set_status(&mut tx, &order.id, order_from.as_str(), order_to.as_str(), None, now)
+                        .await?
+                        .is_none()
                     {
                         tx.rollback().await?;
                         return Err(ApiError::Conflict("the order changed meanwhile; try again".to_owned()));

@@ -606,15 +606,15 @@ impl Orders {
             };
             let now = self.now();
             let mut tx = self.db.begin().await?;
-            if !store::set_status(&mut tx, &row.id, from.as_str(), to.as_str(), reason, now).await? {
+            let Some(order) = store::set_status(&mut tx, &row.id, from.as_str(), to.as_str(), reason, now).await?
+            else {
                 tx.rollback().await?;
                 continue;
-            }
+            };
             self.record_move(&mut tx, &row, from, to, trigger, actor, reason, now, correlation_id)
                 .await?;
             tx.commit().await?;
             self.outbox.wake();
-            let order = self.row(order_id).await?;
             return Ok(Applied {
                 order,
                 moved_from: Some(from),

@@ -366,6 +366,8 @@ pub async fn timeline(pool: &AnyPool, order_id: &str) -> Result<Vec<TimelineRow>
 
 /// Moves the order from `from` to `to` if it is still in `from`; stamps the instant column
 /// that belongs to `to`. Answers whether it moved.
+/// Moves the order from status `from` to `to`: the row as it is now, or `None` when the order
+/// was not in `from` (another writer moved it first).
 pub async fn set_status(
     tx: &mut Tx,
     id: &str,
@@ -373,7 +375,7 @@ pub async fn set_status(
     to: &str,
     reason: Option<&str>,
     now: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<OrderRow>, sqlx::Error> {
     let stamp = match to {
         "paid" => ", paid_at = $4",
         "shipped" => ", shipped_at = $4",
@@ -384,23 +386,29 @@ pub async fn set_status(
     };
     let sql = format!(
         "UPDATE orders SET status = $3, version = version + 1, updated_at = $4{stamp}
-         WHERE id = $1 AND status = $2"
+         WHERE id = $1 AND status = $2
+         RETURNING {ORDER_COLUMNS}"
     );
-    let mut query = sqlx::query(&sql).bind(id).bind(from).bind(to).bind(now);
+    let mut query = sqlx::query_as(&sql).bind(id).bind(from).bind(to).bind(now);
     if stamp.contains("$5") {
         query = query.bind(reason);
     }
-    Ok(query.execute(&mut **tx).await?.rows_affected() == 1)
+    query.fetch_optional(&mut **tx).await
 }
 
-pub async fn set_payment_id(tx: &mut Tx, id: &str, payment_id: &str, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET payment_id = $2, updated_at = $3 WHERE id = $1")
-        .bind(id)
-        .bind(payment_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// Records the order's payment: the row as it is now (`None` for an unknown order).
+pub async fn set_payment_id<'e, E>(executor: E, id: &str, payment_id: &str, now: i64) -> Result<Option<OrderRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query_as(&format!(
+        "UPDATE orders SET payment_id = $2, updated_at = $3 WHERE id = $1 RETURNING {ORDER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(payment_id)
+    .bind(now)
+    .fetch_optional(executor)
+    .await
 }
 
 /// Which orders a list shows.

@@ -105,6 +105,10 @@ pub fn json_rows(events: &[Event]) -> String {
 
 /// The rows a relay publishes next, oldest first.
 const NEXT_BATCH: &str = "SELECT seq, payload FROM outbox ORDER BY seq LIMIT 100";
+/// The `LIMIT` of [`NEXT_BATCH`]: a batch this full may have more rows behind it.
+const BATCH_ROWS: usize = 100;
+/// How often a relay refreshes its backlog gauges.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
 
 /// A service's handle on its outbox: call [`Outbox::wake`] after committing a transaction
 /// that enqueued events so the relay publishes them now rather than at its next poll.
@@ -152,24 +156,33 @@ impl Outbox {
         let outbox = self.clone();
         tokio::spawn(async move {
             let mut failures = 0u32;
+            let mut gauged_at: Option<std::time::Instant> = None;
             loop {
+                // A wake-up (`notify_one`) that comes while the batch runs is kept for the
+                // `select!` below, so a partial batch can wait without missing new rows.
                 let notified = outbox.notify.notified();
                 let wait = match outbox.relay_batch(service, bus.as_ref()).await {
-                    Ok(published) if published > 0 => {
+                    Ok(published) if published >= BATCH_ROWS => {
                         failures = 0;
                         continue;
                     }
-                    Ok(_) => Duration::from_millis(500),
+                    Ok(_) => {
+                        failures = 0;
+                        Duration::from_millis(500)
+                    }
                     Err(err) => {
                         failures += 1;
                         tracing::warn!(service, error = %format!("{err:#}"), "outbox relay failed; will retry");
                         Duration::from_millis(100 * 2u64.pow(failures.min(6)))
                     }
                 };
-                if let Ok((pending, oldest)) = outbox.lag().await {
-                    metrics::gauge!("mercato_outbox_pending", "service" => service).set(pending as f64);
-                    let age = oldest.map_or(0.0, |at| (crate::clock::now_ms() - at).max(0) as f64 / 1000.0);
-                    metrics::gauge!("mercato_outbox_oldest_age_seconds", "service" => service).set(age);
+                if gauged_at.is_none_or(|at| at.elapsed() >= GAUGE_EVERY) {
+                    if let Ok((pending, oldest)) = outbox.lag().await {
+                        metrics::gauge!("mercato_outbox_pending", "service" => service).set(pending as f64);
+                        let age = oldest.map_or(0.0, |at| (crate::clock::now_ms() - at).max(0) as f64 / 1000.0);
+                        metrics::gauge!("mercato_outbox_oldest_age_seconds", "service" => service).set(age);
+                    }
+                    gauged_at = Some(std::time::Instant::now());
                 }
                 tokio::select! {
                     () = cancel.cancelled() => break,

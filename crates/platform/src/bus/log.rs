@@ -4,14 +4,25 @@
 //! Events survive a restart (they are rows), each group resumes from its stored position, and
 //! a position moves only after the group's handler succeeded or dead-lettered the event, so
 //! delivery is at least once and in publish order.
+//!
+//! What it costs per event: the log is written by this process only, so the bus keeps the
+//! highest committed sequence number in memory and wakes only the groups that want an appended
+//! event's type. A woken group reads its events (one query) and hands them over; a group that
+//! wants none of them is not woken, and moves past them on its once-a-second look. Positions
+//! are written at most once a second per group, and when the bus stops: after a crash a group
+//! may get up to a second of events again, which at-least-once delivery allows and the
+//! idempotent consumers ([`crate::consumer::IdempotentConsumer`]) skip.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use sqlx::Row;
 
 use super::{deliver_with_retries, Bus, Subscription};
 use crate::events::Event;
@@ -37,11 +48,32 @@ const BATCH: i64 = 200;
 /// Most events a group's handler takes in one transaction (a short hold on its database's
 /// writer).
 const TOGETHER: usize = 50;
+/// How often a busy group writes its position down, and how often an idle one looks for
+/// events it was not woken for.
+const STORE_EVERY: Duration = Duration::from_secs(1);
+
+/// A subscribed group as the publishing side sees it: what it wants, and how to wake it.
+#[derive(Debug)]
+struct Listener {
+    types: Vec<String>,
+    wake: Arc<Notify>,
+}
+
+impl Listener {
+    fn wants(&self, kind: &str) -> bool {
+        self.types.iter().any(|t| t == "*" || t == kind)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LogBus {
     db: Db,
-    appended: Arc<Notify>,
+    /// The highest sequence number committed to the log: every event up to it is readable.
+    head: Arc<AtomicI64>,
+    /// Held across an append and the move of `head`, so `head` never passes an event another
+    /// append of this process has not committed yet.
+    appending: Arc<tokio::sync::Mutex<()>>,
+    listeners: Arc<Mutex<Vec<Listener>>>,
     groups: Arc<Mutex<HashSet<String>>>,
     watchers: Arc<Mutex<Vec<super::Watcher>>>,
     cancel: CancellationToken,
@@ -51,9 +83,14 @@ impl LogBus {
     /// Opens the log in `db` (migrating it) and stops every subscription when `cancel` fires.
     pub async fn open(db: Db, cancel: CancellationToken) -> anyhow::Result<Self> {
         db.migrate("bus", MIGRATIONS).await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM bus_log")
+            .fetch_one(db.reader())
+            .await?;
         Ok(Self {
             db,
-            appended: Arc::new(Notify::new()),
+            head: Arc::new(AtomicI64::new(head)),
+            appending: Arc::default(),
+            listeners: Arc::default(),
             groups: Arc::default(),
             watchers: Arc::default(),
             cancel,
@@ -113,12 +150,13 @@ impl LogBus {
 
     /// The group's next events after `after`, and how far the log has been scanned for it: a
     /// group that wants few types still moves past the events it does not want, so it neither
-    /// rescans them nor holds back pruning. Safe because the log has one writer: every event
-    /// up to the `MAX(seq)` read first is already committed.
+    /// rescans them nor holds back pruning. Safe because every event up to `head` is
+    /// committed (the appends of this process move it only after their commit).
     async fn next_batch(&self, subscription: &Subscription, after: i64) -> anyhow::Result<(Vec<(i64, String)>, i64)> {
-        let end: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM bus_log")
-            .fetch_one(self.db.reader())
-            .await?;
+        let end = self.head.load(Ordering::Acquire);
+        if end <= after {
+            return Ok((Vec::new(), after));
+        }
         let all = subscription.types.iter().any(|t| t == "*");
         let rows: Vec<(i64, String)> = if all {
             sqlx::query_as("SELECT seq, payload FROM bus_log WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3")
@@ -158,7 +196,7 @@ impl LogBus {
         Ok(())
     }
 
-    async fn run(self, subscription: Subscription) {
+    async fn run(self, subscription: Subscription, wake: Arc<Notify>) {
         let group = subscription.group.clone();
         let mut position = match self.position(&group).await {
             Ok(position) => position,
@@ -168,10 +206,8 @@ impl LogBus {
             }
         };
         let mut stored = position;
+        let mut stored_at = Instant::now();
         loop {
-            let appended = self.appended.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
             let (batch, scanned_to) = match self.next_batch(&subscription, position).await {
                 Ok(found) => found,
                 Err(err) => {
@@ -219,20 +255,30 @@ impl LogBus {
             if complete {
                 position = position.max(scanned_to);
             }
-            if position > stored {
-                match self.store_position(&group, position).await {
-                    Ok(()) => stored = position,
-                    Err(err) => tracing::warn!(%group, error = %format!("{err:#}"), "cannot store consumer position"),
-                }
+            if position > stored && stored_at.elapsed() >= STORE_EVERY {
+                self.keep_position(&group, position, &mut stored).await;
+                stored_at = Instant::now();
             }
             if complete && batch.len() as i64 == BATCH {
                 continue;
             }
             tokio::select! {
                 () = self.cancel.cancelled() => break,
-                () = &mut appended => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = wake.notified() => {}
+                () = tokio::time::sleep(STORE_EVERY) => {}
             }
+        }
+        if position > stored {
+            self.keep_position(&group, position, &mut stored).await;
+        }
+    }
+
+    /// Writes a group's position down (`stored` follows on success; a failure is retried with
+    /// the next write).
+    async fn keep_position(&self, group: &str, position: i64, stored: &mut i64) {
+        match self.store_position(group, position).await {
+            Ok(()) => *stored = position,
+            Err(err) => tracing::warn!(%group, error = %format!("{err:#}"), "cannot store consumer position"),
         }
     }
 }
@@ -240,13 +286,16 @@ impl LogBus {
 impl LogBus {
     /// Appends events to the log in their order, in one transaction; an event id already in
     /// the log is skipped.
+    /// Moves `head` past them once they are committed.
     async fn append(&self, events: &[Event]) -> Result<(), sqlx::Error> {
         let now = crate::clock::now_ms();
+        let _appending = self.appending.lock().await;
         let mut tx = self.db.begin().await?;
+        let mut last = 0;
         for chunk in events.chunks(crate::store::ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO bus_log (event_id, event_type, payload, published_at) VALUES {}
-                 ON CONFLICT (event_id) DO NOTHING",
+                 ON CONFLICT (event_id) DO NOTHING RETURNING seq",
                 crate::store::value_rows(chunk.len(), 4)
             );
             let mut query = sqlx::query(&sql);
@@ -257,9 +306,12 @@ impl LogBus {
                     .bind(event.to_json())
                     .bind(now);
             }
-            query.execute(&mut *tx).await?;
+            let seqs: Vec<i64> = query.fetch_all(&mut *tx).await?.iter().map(|row| row.get(0)).collect();
+            last = seqs.into_iter().fold(last, i64::max);
         }
-        tx.commit().await
+        tx.commit().await?;
+        self.head.fetch_max(last, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -277,7 +329,15 @@ impl Bus for LogBus {
         if let Err(err) = self.append(events).await {
             return (0, Err(err.into()));
         }
-        self.appended.notify_waiters();
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|l| events.iter().any(|e| l.wants(&e.kind)))
+        {
+            listener.wake.notify_one();
+        }
         // The log lives in this process, so every publish to it is one this process can hand to
         // its watchers directly.
         let watchers: Vec<super::Watcher> = self
@@ -305,7 +365,15 @@ impl Bus for LogBus {
 
     async fn subscribe(&self, subscription: Subscription) -> anyhow::Result<()> {
         super::claim_group(&self.groups, &subscription.group)?;
-        tokio::spawn(self.clone().run(subscription));
+        let wake = Arc::new(Notify::new());
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Listener {
+                types: subscription.types.clone(),
+                wake: wake.clone(),
+            });
+        tokio::spawn(self.clone().run(subscription, wake));
         Ok(())
     }
 
