@@ -540,6 +540,59 @@ async fn log_bus_keeps_events_and_group_positions_across_a_restart() -> anyhow::
     Ok(())
 }
 
+/// A busy group writes its position down at most once a second; what it held back is written
+/// when the bus stops, so a clean restart delivers nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_bus_writes_the_positions_it_held_back_when_it_stops() -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    let path = dir.path().join("bus.db");
+    let cancel = CancellationToken::new();
+    let (bus, db) = open_log_at(&path, &cancel).await?;
+    let tally = Arc::new(Tally::default());
+    bus.subscribe(Subscription {
+        group: "billing".to_owned(),
+        types: vec!["order.placed".to_owned()],
+        handler: tally.clone(),
+        retry: RETRY,
+    })
+    .await?;
+    let events: Vec<Event> = (1..=3).map(|n| event("order.placed", n)).collect();
+    for e in &events {
+        bus.publish(e).await?;
+    }
+    assert_eq!(tally.received(3).await, events);
+    // Within its first second a group writes nothing down (unless this machine was slow
+    // enough to let a second pass, when it wrote its position as it went).
+    cancel.cancel();
+    let log = &bus;
+    let stored = eventually(DEADLINE, || async move {
+        let position = log.position("billing").await.ok()?;
+        (position >= 3).then_some(position)
+    })
+    .await
+    .expect("the position the group reached is written when the bus stops");
+    assert_eq!(stored, 3);
+    db.close().await;
+
+    let again = CancellationToken::new();
+    let (after, after_db) = open_log_at(&path, &again).await?;
+    let later = Arc::new(Tally::default());
+    after
+        .subscribe(Subscription {
+            group: "billing".to_owned(),
+            types: vec!["order.placed".to_owned()],
+            handler: later.clone(),
+            retry: RETRY,
+        })
+        .await?;
+    let fourth = event("order.placed", 4);
+    after.publish(&fourth).await?;
+    assert_eq!(later.received(1).await, vec![fourth], "nothing is delivered twice");
+    again.cancel();
+    after_db.close().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_bus_prunes_only_old_events_every_group_has_passed() -> anyhow::Result<()> {
     let dir = TempDir::new()?;
