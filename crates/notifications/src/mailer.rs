@@ -247,7 +247,8 @@ impl Mailer for FileMailer {
             })
         })
         .await;
-        let io = |err: &dyn std::fmt::Display| MailError::Transient(format!("writing to {}: {err}", self.dir.display()));
+        let io =
+            |err: &dyn std::fmt::Display| MailError::Transient(format!("writing to {}: {err}", self.dir.display()));
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(io(&err)),

@@ -589,7 +589,11 @@ impl Orders {
         };
         let mut current = store::set_payment_id(self.db.writer(), &id, &started.id, self.now())
             .await?
-            .ok_or_else(|| Placement::Failed(ApiError::Internal(anyhow::anyhow!("order {id} vanished during checkout"))))?;
+            .ok_or_else(|| {
+                Placement::Failed(ApiError::Internal(anyhow::anyhow!(
+                    "order {id} vanished during checkout"
+                )))
+            })?;
         if checked.method == "cod" {
             current = self
                 .apply(

@@ -188,7 +188,10 @@ impl Orders {
             updated_at: now,
         };
         let mut tx = self.db.begin().await?;
-        if store::set_status(&mut tx, &order.id, from.as_str(), to.as_str(), None, now).await?.is_none() {
+        if store::set_status(&mut tx, &order.id, from.as_str(), to.as_str(), None, now)
+            .await?
+            .is_none()
+        {
             tx.rollback().await?;
             return Err(ApiError::Conflict("the order changed meanwhile; try again".to_owned()));
         }

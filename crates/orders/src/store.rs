@@ -397,7 +397,12 @@ pub async fn set_status(
 }
 
 /// Records the order's payment: the row as it is now (`None` for an unknown order).
-pub async fn set_payment_id<'e, E>(executor: E, id: &str, payment_id: &str, now: i64) -> Result<Option<OrderRow>, sqlx::Error>
+pub async fn set_payment_id<'e, E>(
+    executor: E,
+    id: &str,
+    payment_id: &str,
+    now: i64,
+) -> Result<Option<OrderRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
