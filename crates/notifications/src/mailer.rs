@@ -239,21 +239,16 @@ impl Mailer for FileMailer {
         let dir = self.dir.clone();
         let name = format!("{}.eml", email.event_id);
         let tmp = dir.join(format!(".{name}.{}.tmp", Uuid::now_v7().simple()));
-        let written = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
             std::fs::write(&tmp, &bytes)?;
             std::fs::rename(&tmp, dir.join(&name)).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })
         })
-        .await;
-        let io =
-            |err: &dyn std::fmt::Display| MailError::Transient(format!("writing to {}: {err}", self.dir.display()));
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(io(&err)),
-            Err(err) => Err(io(&err)),
-        }
+        .await
+        .unwrap_or_else(|stopped| Err(std::io::Error::other(stopped)))
+        .map_err(|err| MailError::Transient(format!("writing to {}: {err}", self.dir.display())))
     }
 }
 

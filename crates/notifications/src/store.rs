@@ -9,6 +9,8 @@
 use platform::store::{Conditions, Migration, SqlValue, Tx};
 use sqlx::{AnyPool, FromRow};
 
+use crate::domain::LogStatus;
+
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "notification log and inbox",
@@ -142,13 +144,11 @@ pub async fn claim(pool: &AnyPool, attempt: &NewAttempt<'_>) -> Result<Claim, sq
     let current = log_entry(pool, attempt.event_id, attempt.channel)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    Ok(
-        if crate::domain::LogStatus::parse(&current.status).is_some_and(crate::domain::LogStatus::is_final) {
-            Claim::Done(current)
-        } else {
-            Claim::Busy(current)
-        },
-    )
+    Ok(if LogStatus::parse(&current.status).is_some_and(LogStatus::is_final) {
+        Claim::Done(current)
+    } else {
+        Claim::Busy(current)
+    })
 }
 
 /// How an attempt ended.

@@ -364,10 +364,9 @@ pub async fn timeline(pool: &AnyPool, order_id: &str) -> Result<Vec<TimelineRow>
     .await
 }
 
-/// Moves the order from `from` to `to` if it is still in `from`; stamps the instant column
-/// that belongs to `to`. Answers whether it moved.
-/// Moves the order from status `from` to `to`: the row as it is now, or `None` when the order
-/// was not in `from` (another writer moved it first).
+/// Moves the order from `from` to `to` if it is still in `from`, and stamps the instant column
+/// that belongs to `to`: the row as it is now, or `None` when the order was not in `from`
+/// (another writer moved it first).
 pub async fn set_status(
     tx: &mut Tx,
     id: &str,
@@ -397,22 +396,19 @@ pub async fn set_status(
 }
 
 /// Records the order's payment: the row as it is now (`None` for an unknown order).
-pub async fn set_payment_id<'e, E>(
-    executor: E,
+pub async fn set_payment_id(
+    pool: &AnyPool,
     id: &str,
     payment_id: &str,
     now: i64,
-) -> Result<Option<OrderRow>, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE orders SET payment_id = $2, updated_at = $3 WHERE id = $1 RETURNING {ORDER_COLUMNS}"
     ))
     .bind(id)
     .bind(payment_id)
     .bind(now)
-    .fetch_optional(executor)
+    .fetch_optional(pool)
     .await
 }
 

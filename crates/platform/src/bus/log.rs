@@ -22,8 +22,6 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use sqlx::Row;
-
 use super::{deliver_with_retries, Bus, Subscription};
 use crate::events::Event;
 use crate::store::{Db, Migration};
@@ -57,12 +55,6 @@ const STORE_EVERY: Duration = Duration::from_secs(1);
 struct Listener {
     types: Vec<String>,
     wake: Arc<Notify>,
-}
-
-impl Listener {
-    fn wants(&self, kind: &str) -> bool {
-        self.types.iter().any(|t| t == "*" || t == kind)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -281,12 +273,9 @@ impl LogBus {
             Err(err) => tracing::warn!(%group, error = %format!("{err:#}"), "cannot store consumer position"),
         }
     }
-}
 
-impl LogBus {
-    /// Appends events to the log in their order, in one transaction; an event id already in
-    /// the log is skipped.
-    /// Moves `head` past them once they are committed.
+    /// Appends events to the log in their order, in one transaction (an event id already in
+    /// the log is skipped), and moves `head` past them once they are committed.
     async fn append(&self, events: &[Event]) -> Result<(), sqlx::Error> {
         let now = crate::clock::now_ms();
         let _appending = self.appending.lock().await;
@@ -298,7 +287,7 @@ impl LogBus {
                  ON CONFLICT (event_id) DO NOTHING RETURNING seq",
                 crate::store::value_rows(chunk.len(), 4)
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query_scalar::<_, i64>(&sql);
             for event in chunk {
                 query = query
                     .bind(event.id.to_string())
@@ -306,8 +295,7 @@ impl LogBus {
                     .bind(event.to_json())
                     .bind(now);
             }
-            let seqs: Vec<i64> = query.fetch_all(&mut *tx).await?.iter().map(|row| row.get(0)).collect();
-            last = seqs.into_iter().fold(last, i64::max);
+            last = query.fetch_all(&mut *tx).await?.into_iter().fold(last, i64::max);
         }
         tx.commit().await?;
         self.head.fetch_max(last, Ordering::Release);
@@ -334,7 +322,7 @@ impl Bus for LogBus {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .filter(|l| events.iter().any(|e| l.wants(&e.kind)))
+            .filter(|l| events.iter().any(|e| super::wants(&l.types, &e.kind)))
         {
             listener.wake.notify_one();
         }

@@ -60,8 +60,13 @@ impl std::fmt::Debug for Watcher {
 
 impl Watcher {
     pub fn wants(&self, kind: &str) -> bool {
-        self.types.iter().any(|t| t == "*" || t == kind)
+        wants(&self.types, kind)
     }
+}
+
+/// Whether a list of event types (`*` for all) takes events of type `kind`.
+pub(crate) fn wants(types: &[String], kind: &str) -> bool {
+    types.iter().any(|t| t == "*" || t == kind)
 }
 
 /// What a consumer group wants and who handles it.
@@ -77,7 +82,7 @@ pub struct Subscription {
 
 impl Subscription {
     pub fn wants(&self, kind: &str) -> bool {
-        self.types.iter().any(|t| t == "*" || t == kind)
+        wants(&self.types, kind)
     }
 }
 
